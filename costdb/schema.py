@@ -1,0 +1,100 @@
+"""The on-disk format: tables, indexes and ordered migrations, versioned with ``PRAGMA user_version``.
+
+Each migration is SQL run in one explicit transaction together with the version bump, so a crash
+mid-migration leaves the previous version intact. Opening an older database runs the missing
+migrations; a newer one is refused (see ``costdb.database``). To change the schema append a
+migration; never edit one that has shipped. Tables are documented in docs/data-model.md.
+"""
+from __future__ import annotations
+
+import sqlite3
+
+_CURRENT_VIEW = """
+CREATE VIEW current_measurements AS
+SELECT m.* FROM measurements m
+JOIN (SELECT device, signature, MAX(id) AS id FROM measurements
+      GROUP BY device, signature) latest ON m.id = latest.id;
+"""
+
+V1_CORE = """
+CREATE TABLE devices (
+    name TEXT PRIMARY KEY, board TEXT, cpu TEXT, arch TEXT, transport TEXT,
+    profile_json TEXT, first_seen TEXT, last_seen TEXT
+);
+CREATE TABLE sessions (
+    id INTEGER PRIMARY KEY, device TEXT NOT NULL REFERENCES devices(name),
+    status TEXT NOT NULL, started_at TEXT NOT NULL, ended_at TEXT, host TEXT, pid INTEGER,
+    costdb_version TEXT, agent_version TEXT, model_id INTEGER, planned INTEGER, measured INTEGER,
+    energy_sensor TEXT, idle_power_w REAL, environment_json TEXT, settings_json TEXT,
+    warnings_json TEXT
+);
+CREATE INDEX idx_sessions_device ON sessions(device);
+CREATE TABLE ops (
+    signature TEXT PRIMARY KEY, op TEXT NOT NULL, phase TEXT NOT NULL, dtype TEXT NOT NULL,
+    inputs_json TEXT, params_json TEXT, attrs_json TEXT, grad_inputs_json TEXT,
+    spec_json TEXT NOT NULL
+);
+CREATE TABLE measurements (
+    id INTEGER PRIMARY KEY, device TEXT NOT NULL REFERENCES devices(name),
+    signature TEXT NOT NULL REFERENCES ops(signature),
+    session_id INTEGER NOT NULL REFERENCES sessions(id),
+    status TEXT NOT NULL, error TEXT,
+    runtime_s REAL, runtime_mean_s REAL, runtime_stdev_s REAL, runtime_iqr_s REAL,
+    runtime_min_s REAL, runtime_max_s REAL, runtime_cv REAL, samples INTEGER, inner_loops INTEGER,
+    unstable INTEGER, remeasured INTEGER, runtime_provenance TEXT,
+    peak_memory_bytes INTEGER, output_bytes INTEGER,
+    energy_j REAL, energy_provenance TEXT, energy_sensor TEXT,
+    measured_at TEXT NOT NULL, extra_json TEXT
+);
+CREATE UNIQUE INDEX idx_measurements_unique ON measurements(device, signature, session_id);
+CREATE INDEX idx_measurements_session ON measurements(session_id);
+CREATE TABLE models (
+    id INTEGER PRIMARY KEY, key TEXT NOT NULL UNIQUE, name TEXT NOT NULL, batch INTEGER NOT NULL,
+    input_shape TEXT NOT NULL, dtype TEXT NOT NULL, n_nodes INTEGER, n_signatures INTEGER,
+    param_bytes INTEGER, activation_bytes INTEGER, created_at TEXT
+);
+CREATE INDEX idx_models_name ON models(name);
+CREATE TABLE graph_nodes (
+    model_id INTEGER NOT NULL REFERENCES models(id), idx INTEGER NOT NULL, name TEXT, layer TEXT,
+    op TEXT, phase TEXT, signature TEXT NOT NULL REFERENCES ops(signature), deps_json TEXT,
+    input_shapes_json TEXT, output_shape_json TEXT, flops INTEGER, output_bytes INTEGER,
+    param_bytes INTEGER, PRIMARY KEY (model_id, idx)
+);
+CREATE INDEX idx_graph_nodes_signature ON graph_nodes(signature);
+""" + _CURRENT_VIEW
+
+V2_NET_ENERGY = """
+ALTER TABLE measurements ADD COLUMN energy_net_j REAL;
+ALTER TABLE measurements ADD COLUMN energy_window_s REAL;
+CREATE INDEX idx_measurements_device_signature ON measurements(device, signature);
+CREATE TABLE iterations (
+    id INTEGER PRIMARY KEY, device TEXT NOT NULL REFERENCES devices(name),
+    model_id INTEGER NOT NULL REFERENCES models(id), session_id INTEGER REFERENCES sessions(id),
+    runtime_s REAL NOT NULL, runtime_stdev_s REAL, runtime_cv REAL, samples INTEGER,
+    threads INTEGER, optimizer TEXT, runtime_provenance TEXT NOT NULL, measured_at TEXT NOT NULL
+);
+CREATE INDEX idx_iterations_device_model ON iterations(device, model_id);
+DROP VIEW current_measurements;
+""" + _CURRENT_VIEW
+
+#: v1: core tables; v2: net energy (gross minus the session's idle baseline) per measurement and
+#: measured whole training iterations (to check the per-node cost model against).
+MIGRATIONS: list[str] = [V1_CORE, V2_NET_ENERGY]
+LATEST = len(MIGRATIONS)
+
+
+def version(conn: sqlite3.Connection) -> int:
+    return conn.execute("PRAGMA user_version").fetchone()[0]
+
+
+def migrate(conn: sqlite3.Connection, target: int = LATEST) -> int:
+    """Apply migrations up to ``target``, each atomically; returns the version reached."""
+    current = version(conn)
+    for v in range(current + 1, target + 1):
+        try:
+            conn.executescript(f"BEGIN;\n{MIGRATIONS[v - 1]}\nPRAGMA user_version = {v};\nCOMMIT;")
+        except sqlite3.Error:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+    return version(conn)

@@ -1,0 +1,173 @@
+"""A profiling session: plan the distinct ops still missing on a device, measure them through the
+device's agent, and write each result into the database as it arrives.
+
+Resumable by construction: the plan is "signatures of the model without a finished measurement on
+this device", and every result is committed on its own, so an interrupted run (Ctrl-C, kill,
+dropped link) loses at most the op in flight and the next run measures only what is missing.
+"""
+from __future__ import annotations
+
+import contextlib
+import time
+from dataclasses import dataclass, field
+from typing import Any, Callable
+
+from costdb.database import Database
+from costdb.errors import CostdbError
+from costdb.records import Measurement
+from devices.catalog import DeviceProfile
+from devices.connect import connect, entry_for
+from devices.inventory import Inventory, load as load_inventory
+from profiler.graph import TrainingGraph
+from profiler.zoo import model_graph
+
+#: Governors that do not hold the clock still; pyperf warns about the same.
+STEADY_GOVERNORS = ("performance",)
+BUSY_LOAD_PER_CORE = 0.5
+
+
+@dataclass
+class ProfileResult:
+    device: str
+    model_key: str
+    session_id: int | None
+    planned: int
+    measured: int
+    skipped: int
+    status: str
+    warnings: list[str] = field(default_factory=list)
+    unstable: list[str] = field(default_factory=list)
+    failed: list[str] = field(default_factory=list)
+    iteration_s: float | None = None
+
+
+def attribute_energy(result: dict[str, Any], profile: DeviceProfile,
+                     idle_power_w: float | None) -> dict[str, Any] | None:
+    """Energy of one op call: measured when the agent read a sensor, else modelled from the
+    profile (active power x runtime). A modelled figure is never labelled measured."""
+    if result.get("status") != "ok":
+        return None
+    e = result.get("energy")
+    if e:
+        gross = float(e["gross_j"])
+        window = float(e.get("window_s") or 0.0)
+        net = gross - idle_power_w * window if idle_power_w is not None else None
+        return {"energy_j": gross, "energy_net_j": net, "energy_window_s": window,
+                "energy_provenance": "measured", "energy_sensor": e.get("sensor")}
+    rt = float(result["runtime"]["median"])
+    return {"energy_j": profile.active_power_w * rt, "energy_net_j": profile.net_active_power_w * rt,
+            "energy_window_s": rt, "energy_provenance": "modeled", "energy_sensor": None}
+
+
+def noise_warnings(facts: dict[str, Any]) -> list[str]:
+    """Warnings about conditions that make timings unstable (governor, load, throttling)."""
+    out = []
+    govs = facts.get("governors") or []
+    bad = [g for g in govs if g not in STEADY_GOVERNORS]
+    if bad:
+        out.append(f"CPU frequency governor is {', '.join(bad)}, not performance: timings may "
+                   "drift; set it with 'cpupower frequency-set -g performance'")
+    load = facts.get("loadavg")
+    cores = facts.get("cores") or 1
+    if load and load[0] > BUSY_LOAD_PER_CORE * cores:
+        out.append(f"the machine is busy (load average {load[0]:.2f} on {cores} cores): "
+                   "timings may be noisy; stop other work or pin with --cpus")
+    thr = facts.get("throttled")
+    if isinstance(thr, dict) and thr.get("throttled_now"):
+        out.append(f"the device reports throttling now ({thr.get('raw')}): cool it down first")
+    return out
+
+
+def _resolve_inventory(inventory: Inventory | str | None) -> Inventory:
+    if isinstance(inventory, Inventory):
+        return inventory
+    return load_inventory(inventory)
+
+
+def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "resnet18",
+            batch: int | None = None, input_shape: tuple[int, ...] | None = None,
+            dtype: str = "float32", force: bool = False, cpus: list[int] | None = None,
+            threads: int | None = None, settings: dict[str, Any] | None = None,
+            inventory: Inventory | str | None = None, iteration: bool = False,
+            progress: Callable[..., Any] | None = None,
+            on_warning: Callable[[str], None] | None = None,
+            connect_options: dict[str, Any] | None = None) -> ProfileResult:
+    """Profile every distinct op of ``model``'s training graph on ``device`` into ``db_path``.
+
+    ``progress(event, **info)`` is called with ``start`` (total), ``op`` (spec, done) and
+    ``done``; the CLI draws a progress bar with it. Raises CostdbError for user errors and
+    KeyboardInterrupt after marking the session interrupted.
+    """
+    inv = _resolve_inventory(inventory)
+    entry = entry_for(device, inv)
+    graph = model if isinstance(model, TrainingGraph) else model_graph(model, batch, input_shape,
+                                                                      dtype=dtype)
+    settings = dict(settings or {})
+    db = Database(db_path, create=True)
+    try:
+        db.upsert_device(entry.profile)
+        model_id = db.save_graph(graph)
+        db.close_stale_sessions(device)
+        done = set() if force else db.done_signatures(device)
+        plan = [s for s in graph.distinct_specs() if s["signature"] not in done]
+        result = ProfileResult(device, graph.key, None, len(plan), 0, len(graph.signatures()) - len(plan),
+                               "complete")
+        if not plan and not iteration:
+            return result
+        emit = progress or (lambda *a, **k: None)
+        warn = on_warning or (lambda msg: None)
+        with connect(entry, cpus=cpus, threads=threads, options=connect_options) as agent:
+            hello = agent.hello()
+            facts = hello.get("facts", {})
+            result.warnings = noise_warnings(facts)
+            for w in result.warnings:
+                warn(w)
+            idle_w = None
+            if facts.get("energy_sensor"):
+                idle_w = agent.idle_power_w(float(settings.get("idle_seconds", 1.0)))
+            env = {"facts": facts, "cpus": cpus, "threads": threads,
+                   "agent_protocol": hello.get("protocol"), "transport": entry.transport,
+                   "address": entry.address}
+            sid = db.start_session(device, env, {**settings, "force": force, "model": graph.key},
+                                   model_id, len(plan), agent_version=hello.get("agent_version"),
+                                   energy_sensor=facts.get("energy_sensor"), idle_power_w=idle_w,
+                                   warnings=result.warnings)
+            result.session_id = sid
+            status = "failed"
+            try:
+                emit("start", total=len(plan), device=device)
+                for i, spec in enumerate(plan):
+                    emit("op", spec=spec, index=i, device=device)
+                    res = agent.measure(spec, settings)
+                    res.setdefault("signature", spec["signature"])
+                    res.setdefault("runtime_provenance", agent.runtime_provenance)
+                    energy = attribute_energy(res, entry.profile, idle_w)
+                    m = Measurement.from_result(device, sid, res, energy)
+                    if db.add_measurement(m):
+                        result.measured += 1
+                    if m.unstable:
+                        result.unstable.append(spec["signature"])
+                    if m.status == "error":
+                        result.failed.append(f"{spec['op']}:{spec['phase']}: {m.error}")
+                    emit("measured", spec=spec, index=i, result=res, device=device)
+                if iteration and entry.transport == "local" and not isinstance(model, TrainingGraph):
+                    from profiler.iteration import measure_iteration
+                    emit("iteration", device=device)
+                    it = measure_iteration(model, batch, input_shape, dtype=dtype)
+                    db.add_iteration(device, model_id, sid, it)
+                    result.iteration_s = it["median"]
+                status = "complete" if not result.failed else "complete_with_errors"
+            except KeyboardInterrupt:
+                status = "interrupted"
+                raise
+            finally:
+                final = facts
+                with contextlib.suppress(Exception):
+                    final = {**facts, "end": agent.hello().get("facts", {})} if entry.transport != "local" else facts
+                db.update_session(sid, environment={**env, "facts": final})
+                db.finish_session(sid, status, result.warnings)
+                result.status = status
+                emit("done", device=device)
+        return result
+    finally:
+        db.close()
