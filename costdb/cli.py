@@ -15,6 +15,7 @@ from typing import Any
 
 import click
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import (BarColumn, MofNCompleteColumn, Progress, TextColumn,
                            TimeElapsedColumn, TimeRemainingColumn)
 from rich.table import Table
@@ -115,7 +116,7 @@ class _ProgressView:
         elif event == "op":
             spec = info["spec"]
             shapes = ",".join("x".join(map(str, s)) for s in spec["inputs"][:1])
-            self.progress.update(self.tasks[dev], description=f"{spec['op']}:{spec['phase']} {shapes}")
+            self.progress.update(self.tasks[dev], description=escape(f"{spec['op']}:{spec['phase']} {shapes}"))
         elif event == "measured":
             self.progress.advance(self.tasks[dev])
         elif event == "iteration":
@@ -146,7 +147,7 @@ def cost_table(df: Any, title: str, top: int | None) -> Table:
             flags.append("not measured")
         prov = r.get("energy_provenance")
         energy = fmt_joules(r["energy_j"]) + (f" ({prov})" if isinstance(prov, str) else "")
-        t.add_row(r["op"], r["phase"], r.get("input", "") or "", str(r["uses"]),
+        t.add_row(escape(r["op"]), escape(r["phase"]), r.get("input", "") or "", str(r["uses"]),
                   fmt_seconds(r["runtime_s"]), fmt_seconds(r["runtime_stdev_s"]),
                   "-" if r["runtime_cv"] != r["runtime_cv"] or r["runtime_cv"] is None
                   else f"{100 * r['runtime_cv']:.1f}%",
@@ -164,8 +165,8 @@ def _print_costs(db_path: str, device: str, model_key: str, top: int | None, con
     shapes = {n.signature: "x".join(map(str, n.input_shapes[0])) if n.input_shapes else ""
               for n in graph.nodes}
     df["input"] = df["signature"].map(shapes)
-    console.print(cost_table(df, f"{model_key} on {device}: {df.signature.nunique()} distinct ops, "
-                                 f"{len(df)} graph nodes", top))
+    console.print(cost_table(df, escape(f"{model_key} on {device}: {df.signature.nunique()} distinct "
+                                        f"ops, {len(df)} graph nodes"), top))
     measured = df["status"].eq("ok")
     prov = ",".join(sorted(set(df["energy_provenance"].dropna()))) or "-"
     console.print(f"Per iteration (sum over {int(measured.sum())}/{len(df)} nodes): runtime "
@@ -198,10 +199,15 @@ def _print_costs(db_path: str, device: str, model_key: str, top: int | None, con
 @click.option("--top", type=click.IntRange(min=0), default=30, show_default=True,
               help="Rows of the cost table to print (0 = all).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
+@click.option("--all", "all_devices", is_flag=True,
+              help="Profile every inventory device, in parallel (instead of --device).")
+@click.option("--accept-new-host-key", is_flag=True,
+              help="Trust an SSH device's host key on first contact and record it in known_hosts "
+                   "(a changed key is always refused).")
 def profile(devices: tuple[str, ...], model: str, batch: int | None, input_shape: str | None,
             dtype: str, db_path: str, inventory: str | None, force: bool, cpus: str | None,
             threads: int | None, samples: int, min_sample_time: float, iteration: bool, top: int,
-            quiet: bool) -> None:
+            quiet: bool, all_devices: bool, accept_new_host_key: bool) -> None:
     """Measure every distinct training op of MODEL on DEVICE and store the costs.
 
     Resumable: an interrupted run keeps what it measured; running it again measures only the
@@ -213,22 +219,42 @@ def profile(devices: tuple[str, ...], model: str, batch: int | None, input_shape
     out = _console()
     err = _console(err=True)
     settings = {"samples": samples, "min_sample_time": min_sample_time}
-    for device in devices:
+    warn = lambda w: err.print(f"[yellow]Warning:[/] {escape(w)}")  # noqa: E731
+    connect_options = {"accept_new_host_key": accept_new_host_key, "on_warning": warn}
+    if all_devices:
+        from profiler.parallel import all_devices as inventory_devices
+        devices = tuple(inventory_devices(inventory))
+    parallel, device_errors = None, 0
+    if len(devices) > 1:  # several devices: in parallel, one bar each, one writer
+        from profiler.parallel import profile_many
         with _ProgressView(err, quiet) as view:
-            res = run_profile(db_path, device=device, model=model, batch=batch, input_shape=shape,
-                              dtype=dtype, force=force, cpus=cpu_list, threads=threads,
-                              settings=settings, inventory=inventory, iteration=iteration,
-                              progress=view, on_warning=lambda w: err.print(f"[yellow]Warning:[/] {w}"))
-        if res.planned == 0 and res.session_id is None:
-            err.print(f"{device}: all {res.skipped} distinct ops of {res.model_key} are already "
-                      "measured; use --force to measure again")
+            parallel = profile_many(db_path, list(devices), model=model, batch=batch,
+                                    input_shape=shape, dtype=dtype, force=force, threads=threads,
+                                    settings=settings, inventory=inventory, progress=view,
+                                    on_warning=warn, connect_options=connect_options)
+    for device in devices:
+        if parallel is not None:
+            res = parallel[device]
+            if isinstance(res, CostdbError):
+                err.print(f"[red]Error:[/] {escape(str(res))}")
+                device_errors += 1
+                continue
         else:
-            err.print(f"{device}: measured {res.measured} of {res.planned} ops "
-                      f"({res.skipped} already in the database), session {res.session_id} {res.status}")
+            with _ProgressView(err, quiet) as view:
+                res = run_profile(db_path, device=device, model=model, batch=batch, input_shape=shape,
+                                  dtype=dtype, force=force, cpus=cpu_list, threads=threads,
+                                  settings=settings, inventory=inventory, iteration=iteration,
+                                  progress=view, on_warning=warn, connect_options=connect_options)
+        if res.planned == 0 and res.session_id is None:
+            err.print(escape(f"{device}: all {res.skipped} distinct ops of {res.model_key} are "
+                             "already measured; use --force to measure again"))
+        else:
+            err.print(escape(f"{device}: measured {res.measured} of {res.planned} ops ({res.skipped} "
+                             f"already in the database), session {res.session_id} {res.status}"))
         for sig in res.unstable:
             err.print(f"[yellow]Warning:[/] op {sig} is unstable (CV above 10% after re-measuring)")
         for f in res.failed:
-            err.print(f"[red]Failed:[/] {f}")
+            err.print(f"[red]Failed:[/] {escape(f)}")
         _print_costs(db_path, device, res.model_key, top, out)
         if res.iteration_s is not None:
             import costdb
@@ -238,6 +264,9 @@ def profile(devices: tuple[str, ...], model: str, batch: int | None, input_shape
             if row["predicted_s"] == row["predicted_s"] and row["predicted_s"] is not None:
                 out.print(f"Whole iteration measured {fmt_seconds(row['measured_s'])}; cost model "
                           f"predicts {fmt_seconds(row['predicted_s'])} ({100 * row['error']:+.1f}%)")
+    if device_errors:
+        raise CostdbError(f"{device_errors} of {len(devices)} devices failed (errors above); the "
+                          "others are saved, run the same command again to retry")
 
 
 @cli.command()
@@ -280,7 +309,7 @@ def models(db_path: str | None) -> None:
         for c in ("key", "nodes", "distinct ops", "parameters", "activations"):
             t.add_column(c)
         for _, r in df.iterrows():
-            t.add_row(r["key"], str(r["n_nodes"]), str(r["n_signatures"]), fmt_bytes(r["param_bytes"]),
+            t.add_row(escape(r["key"]), str(r["n_nodes"]), str(r["n_signatures"]), fmt_bytes(r["param_bytes"]),
                       fmt_bytes(r["activation_bytes"]))
         con.print(t)
 
@@ -306,10 +335,11 @@ def devices(inventory: str | None, check: bool) -> None:
     for name, e in inv.devices.items():
         rows.append((name, e.profile, e.transport, e.address, e.source))
     for name, p, transport, address, source in sorted(rows, key=lambda r: r[0]):
-        cells = [name, p.board, p.cpu, fmt_bytes(p.ram_bytes), transport, address, source]
+        cells = [escape(str(c)) for c in (name, p.board, p.cpu, fmt_bytes(p.ram_bytes), transport,
+                                          address, source)]
         if check:
             ok, detail = check_reachable(name, inv)
-            cells.append(("[green]yes[/] " if ok else "[red]no[/] ") + detail)
+            cells.append(("[green]yes[/] " if ok else "[red]no[/] ") + escape(detail))
         t.add_row(*cells)
     _console().print(t)
 
@@ -341,7 +371,7 @@ def _emit_frame(df: Any, fmt: str, output: str | None, title: str = "") -> None:
         for c in df.columns:
             t.add_column(str(c))
         for row in df.itertuples(index=False):
-            t.add_row(*("" if v is None else str(v) for v in row))
+            t.add_row(*("" if v is None else escape(str(v)) for v in row))
         _console().print(t)
         return
     if fmt == "parquet" and not output:
@@ -406,10 +436,37 @@ def sessions(db_path: str, device: str | None) -> None:
     for _, r in df.iterrows():
         env = json.loads(r["environment_json"] or "{}").get("facts", {})
         warns = json.loads(r["warnings_json"] or "[]")
-        t.add_row(str(r["id"]), r["device"], r["status"], r["started_at"] or "", r["ended_at"] or "",
+        t.add_row(str(r["id"]), escape(r["device"]), r["status"], r["started_at"] or "", r["ended_at"] or "",
                   str(r["planned"]), str(r["measured"]), r["energy_sensor"] or "modeled",
                   str(env.get("torch", "")), str(len(warns)))
     _console().print(t)
+
+
+# --- report ------------------------------------------------------------------------------------
+
+@cli.command()
+@click.option("--device", "devices", multiple=True, help="Device to report on (repeatable).")
+@click.option("--model", default=None, help="Model name or key as stored (default: every model "
+                                            "measured on the device).")
+@click.option("--all", "all_devices", is_flag=True, help="Every device in the database, with a "
+                                                         "fleet comparison.")
+@db_option
+@click.option("-o", "--output", default="report.html", show_default=True,
+              type=click.Path(dir_okay=False), help="HTML file to write.")
+def report(devices: tuple[str, ...], model: str | None, all_devices: bool, db_path: str,
+           output: str) -> None:
+    """Write a self-contained HTML report: costs, charts, solver results, device comparison."""
+    from reports.build import write_report
+    path = write_report(db_path, output, devices=list(devices), model=model, all_devices=all_devices)
+    click.echo(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)", err=True)
+
+
+# --- solve / pareto (solver/cli_commands.py) -------------------------------------------------
+
+from solver.cli_commands import pareto as _pareto_cmd, solve as _solve_cmd  # noqa: E402
+
+cli.add_command(_solve_cmd, "solve")
+cli.add_command(_pareto_cmd, "pareto")
 
 
 def main() -> None:

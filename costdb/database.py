@@ -38,31 +38,42 @@ def _is_sqlite(path: Path) -> bool:
     return head == b"SQLite format 3\x00" or head == b""
 
 
+def preflight(path: Path, create: bool = False, readonly: bool = False) -> bool:
+    """Check a database path before any work is done; returns whether the file exists.
+
+    Raises CostdbError for a missing, corrupt, foreign or unwritable file, so a command fails in
+    its first second rather than after minutes of tracing and measuring.
+    """
+    path = Path(path)
+    exists = path.exists()
+    if not exists and not create:
+        raise CostdbError(f"database {path} does not exist; run 'costdb profile --db "
+                          f"{path} ...' first or check the path")
+    if exists and path.is_dir():
+        raise CostdbError(f"database path {path} is a directory; give a file name")
+    if exists and not _is_sqlite(path):
+        raise CostdbError(f"{path} is not a costdb database (not SQLite or corrupt); "
+                          "give another --db path")
+    if not exists:
+        parent = path.parent if str(path.parent) else Path(".")
+        if not parent.is_dir():
+            raise CostdbError(f"cannot create database {path}: directory {parent} does "
+                              "not exist")
+        if not os.access(parent, os.W_OK):
+            raise CostdbError(f"cannot create database {path}: directory {parent} is "
+                              "not writable; choose another --db path")
+    elif not readonly and not os.access(path, os.W_OK):
+        raise CostdbError(f"database {path} is read-only; choose a writable --db path")
+    return exists
+
+
 class Database:
     """A cost database file. Use ``costdb.open(path)`` rather than the constructor."""
 
     def __init__(self, path: str | os.PathLike, create: bool = False, readonly: bool = False):
         self.path = Path(path)
         self.readonly = readonly
-        exists = self.path.exists()
-        if not exists and not create:
-            raise CostdbError(f"database {self.path} does not exist; run 'costdb profile --db "
-                              f"{self.path} ...' first or check the path")
-        if exists and self.path.is_dir():
-            raise CostdbError(f"database path {self.path} is a directory; give a file name")
-        if exists and not _is_sqlite(self.path):
-            raise CostdbError(f"{self.path} is not a costdb database (not SQLite or corrupt); "
-                              "give another --db path")
-        if not exists:
-            parent = self.path.parent if str(self.path.parent) else Path(".")
-            if not parent.is_dir():
-                raise CostdbError(f"cannot create database {self.path}: directory {parent} does "
-                                  "not exist")
-            if not os.access(parent, os.W_OK):
-                raise CostdbError(f"cannot create database {self.path}: directory {parent} is "
-                                  "not writable; choose another --db path")
-        elif not readonly and not os.access(self.path, os.W_OK):
-            raise CostdbError(f"database {self.path} is read-only; choose a writable --db path")
+        exists = preflight(self.path, create, readonly)
         try:
             if readonly:
                 conn = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True,
@@ -73,6 +84,9 @@ class Database:
             conn.execute("PRAGMA foreign_keys = ON")
             found = schema.version(conn)
         except sqlite3.DatabaseError as e:
+            if not exists:
+                raise CostdbError(f"cannot create database {self.path} ({e}); choose a writable "
+                                  "--db path") from None
             raise CostdbError(f"{self.path} is not a usable costdb database ({e}); give another "
                               "--db path") from None
         if found > schema.LATEST:

@@ -101,7 +101,8 @@ class Measurement:
 
     def row(self) -> dict[str, Any]:
         d = asdict(self)
-        d["extra_json"] = json.dumps(d.pop("extra"), sort_keys=True) if self.extra else None
+        extra = d.pop("extra")
+        d["extra_json"] = json.dumps(extra, sort_keys=True) if extra else None
         d["unstable"] = int(self.unstable)
         d["remeasured"] = int(self.remeasured)
         return d

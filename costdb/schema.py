@@ -79,7 +79,38 @@ DROP VIEW current_measurements;
 
 #: v1: core tables; v2: net energy (gross minus the session's idle baseline) per measurement and
 #: measured whole training iterations (to check the per-node cost model against).
-MIGRATIONS: list[str] = [V1_CORE, V2_NET_ENERGY]
+V3_SCHEDULES = """
+CREATE TABLE sweeps (
+    id INTEGER PRIMARY KEY, device TEXT, model_id INTEGER REFERENCES models(id), graph_name TEXT,
+    graph_digest TEXT, mode TEXT, budgets_json TEXT, deadlines_json TEXT, objectives_json TEXT,
+    options_json TEXT, executor TEXT, n_points INTEGER, status TEXT, started_at TEXT,
+    ended_at TEXT
+);
+CREATE TABLE schedules (
+    id INTEGER PRIMARY KEY, device TEXT, model_id INTEGER REFERENCES models(id),
+    graph_name TEXT, graph_digest TEXT, granularity TEXT, mode TEXT, method TEXT,
+    compat INTEGER, overlap INTEGER, budget_bytes INTEGER, deadline_s REAL, solver TEXT,
+    status TEXT, objective_energy_j REAL, energy_j REAL, bound_energy_j REAL, gap REAL,
+    runtime_s REAL, peak_memory_bytes INTEGER, compute_energy_j REAL, paging_energy_j REAL,
+    recomputes INTEGER, pageins INTEGER, pageouts INTEGER, solve_time_s REAL,
+    build_time_s REAL, n_variables INTEGER, n_constraints INTEGER, n_nodes INTEGER,
+    cost_provenance TEXT, validated INTEGER, record_json TEXT, schedule_json TEXT,
+    schedule_blob BLOB, sweep_id INTEGER REFERENCES sweeps(id), created_at TEXT
+);
+CREATE INDEX idx_schedules_device_model ON schedules(device, model_id);
+CREATE TABLE pareto_points (
+    id INTEGER PRIMARY KEY, sweep_id INTEGER REFERENCES sweeps(id), device TEXT,
+    model_id INTEGER REFERENCES models(id), graph_name TEXT, mode TEXT, baseline TEXT,
+    budget_bytes INTEGER, deadline_s REAL, status TEXT, energy_j REAL, runtime_s REAL,
+    peak_memory_bytes INTEGER, schedule_id INTEGER REFERENCES schedules(id), pareto INTEGER,
+    created_at TEXT
+);
+CREATE INDEX idx_pareto_points_sweep ON pareto_points(sweep_id);
+CREATE INDEX idx_pareto_points_device_model ON pareto_points(device, model_id);
+"""
+
+#: v3: solver schedules, Pareto sweeps and their points.
+MIGRATIONS: list[str] = [V1_CORE, V2_NET_ENERGY, V3_SCHEDULES]
 LATEST = len(MIGRATIONS)
 
 

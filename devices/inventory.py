@@ -76,7 +76,7 @@ def default_path() -> Path:
 
 
 def _line_of(text: str, name: str) -> int:
-    pat = re.compile(r"^\s*\[\s*devices\.(\"?)" + re.escape(name) + r"\1\s*[\].]", re.M)
+    pat = re.compile(r"^[ \t]*\[\s*devices\.(\"?)" + re.escape(name) + r"\1\s*[\].]", re.M)
     m = pat.search(text)
     return text.count("\n", 0, m.start()) + 1 if m else 1
 
@@ -85,11 +85,17 @@ def load(path: str | os.PathLike | None = None, required: bool = False) -> Inven
     """Parse and validate an inventory; a missing default file is an empty inventory."""
     explicit = path is not None
     p = Path(path) if explicit else default_path()
-    if not p.exists():
+    try:
+        exists = p.is_file()
+        text = p.read_text(encoding="utf-8", errors="replace") if exists else ""
+    except OSError as e:
+        if not (explicit or required):
+            return Inventory(None, {})  # an unreadable default location is no inventory
+        raise CostdbError(f"cannot read inventory {p}: {e.strerror}; fix its permissions") from None
+    if not exists:
         if explicit or required:
             raise CostdbError(f"inventory {p} does not exist; create it or drop --inventory")
         return Inventory(None, {})
-    text = p.read_text(encoding="utf-8", errors="replace")
     try:
         data = tomllib.loads(text)
     except tomllib.TOMLDecodeError as e:

@@ -365,6 +365,10 @@ def _trace_forward(module: nn.Module, example: torch.Tensor, dtype: str) -> tupl
                 continue
             raise CostdbError(f"model uses parameter {node.target!r} outside a module call; "
                               "wrap it in a torch.nn module so its op can be profiled")
+        if node.op == "call_module" and type(modules[node.target]) not in MODULE_OPS:
+            m = modules[node.target]
+            raise CostdbError(f"module {node.target!r} of type {type(m).__name__} is not "
+                              f"supported; supported: {', '.join(sorted(t.__name__ for t in MODULE_OPS))}")
         if meta is None or not hasattr(meta, "shape"):
             values[node] = None  # non-tensor value (sizes, tuples)
             continue
@@ -399,6 +403,9 @@ def _trace_forward(module: nn.Module, example: torch.Tensor, dtype: str) -> tupl
             attrs = _function_attrs(op, node, scalars[1:] if scalars else [])
             layer = node.name
         if op == "view":
+            if not tensor_args:
+                raise CostdbError(f"cannot follow {node.name!r} ({node.target}): it views a value "
+                                  "that is not a single tensor")
             src = tensor_args[0]
             values[node] = _Value(src.producer, shape, src.dtype, src.requires_grad)
             continue

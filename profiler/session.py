@@ -8,11 +8,11 @@ dropped link) loses at most the op in flight and the next run measures only what
 from __future__ import annotations
 
 import contextlib
-import time
+from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable
 
-from costdb.database import Database
+from costdb.database import Database, preflight
 from costdb.errors import CostdbError
 from costdb.records import Measurement
 from devices.catalog import DeviceProfile
@@ -91,19 +91,23 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
             inventory: Inventory | str | None = None, iteration: bool = False,
             progress: Callable[..., Any] | None = None,
             on_warning: Callable[[str], None] | None = None,
-            connect_options: dict[str, Any] | None = None) -> ProfileResult:
+            connect_options: dict[str, Any] | None = None,
+            db: Database | None = None) -> ProfileResult:
     """Profile every distinct op of ``model``'s training graph on ``device`` into ``db_path``.
 
     ``progress(event, **info)`` is called with ``start`` (total), ``op`` (spec, done) and
     ``done``; the CLI draws a progress bar with it. Raises CostdbError for user errors and
-    KeyboardInterrupt after marking the session interrupted.
+    KeyboardInterrupt after marking the session interrupted. ``db``: an open database to write
+    into instead of opening ``db_path`` (``profiler.parallel.profile_many`` shares one writer).
     """
     inv = _resolve_inventory(inventory)
     entry = entry_for(device, inv)
+    preflight(Path(db_path), create=True)
     graph = model if isinstance(model, TrainingGraph) else model_graph(model, batch, input_shape,
                                                                       dtype=dtype)
     settings = dict(settings or {})
-    db = Database(db_path, create=True)
+    own_db = db is None  # profile_many passes one shared, serialised writer
+    db = Database(db_path, create=True) if own_db else db
     try:
         db.upsert_device(entry.profile)
         model_id = db.save_graph(graph)
@@ -170,4 +174,5 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
                 emit("done", device=device)
         return result
     finally:
-        db.close()
+        if own_db:
+            db.close()

@@ -24,6 +24,28 @@ DEFAULTS = {
 }
 
 
+_OOM_MARKERS = ("out of memory", "not enough memory", "can't allocate memory",
+                "cannot allocate memory")
+
+
+def _is_oom(e):
+    msg = str(e).lower()
+    return isinstance(e, MemoryError) or any(m in msg for m in _OOM_MARKERS)
+
+
+def needed_bytes(spec):
+    """Lower bound of the memory an op needs: its inputs and parameters (4 bytes/element here)."""
+    size = {"float64": 8, "float32": 4, "float16": 2, "bfloat16": 2, "int8": 1}.get(spec.get("dtype"), 4)
+    total = 0
+    shapes = list(spec.get("inputs") or []) + [s for s in (spec.get("params") or {}).values() if s]
+    for shape in shapes:
+        n = 1
+        for d in shape:
+            n *= int(d)
+        total += n * size
+    return total
+
+
 def _sync(device):
     if device.startswith("cuda"):
         torch.cuda.synchronize()
@@ -112,6 +134,8 @@ def _sample(call, n, count, device, meter):
         times.append(_time_calls(call, n, device) / n)
     window = time.perf_counter() - t_start
     energy = meter.stop() if meter is not None else None
+    # the meter's own window is the one its energy covers (a few microseconds wider)
+    window = getattr(meter, "last_window_s", None) or window
     return times, window, energy
 
 
@@ -127,9 +151,9 @@ def measure_op(spec, settings=None, device="cpu", meter=None):
         result.update(status="unsupported", error=str(e))
         return result
     except (MemoryError, RuntimeError) as e:
-        if isinstance(e, MemoryError) or "out of memory" in str(e).lower() \
-                or "not enough memory" in str(e).lower():
-            result.update(status="does_not_fit", error=str(e).splitlines()[0][:300])
+        if _is_oom(e):
+            result.update(status="does_not_fit", error=str(e).splitlines()[0][:300],
+                          needed_bytes=needed_bytes(spec))
             return result
         raise
     try:
@@ -160,9 +184,9 @@ def measure_op(spec, settings=None, device="cpu", meter=None):
             result["peak_memory_bytes"] = peak_memory_bytes(runnable, device)
         result["input_bytes"] = runnable.inputs_bytes
     except (MemoryError, RuntimeError) as e:
-        msg = str(e).lower()
-        if isinstance(e, MemoryError) or "out of memory" in msg or "not enough memory" in msg:
-            result.update(status="does_not_fit", error=str(e).splitlines()[0][:300])
+        if _is_oom(e):
+            result.update(status="does_not_fit", error=str(e).splitlines()[0][:300],
+                          needed_bytes=needed_bytes(spec))
             return result
         result.update(status="error", error=("%s: %s" % (type(e).__name__, e)).splitlines()[0][:300])
     return result
@@ -175,4 +199,4 @@ def measure_idle_power(meter, seconds=1.0):
     meter.start()
     time.sleep(seconds)
     joules = meter.stop()
-    return joules / seconds
+    return joules / (getattr(meter, "last_window_s", None) or seconds)

@@ -1,0 +1,110 @@
+"""The agent's measurement code on real torch ops (shared by local and ssh devices)."""
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+from hypothesis import given, settings, strategies as st
+
+from devices.agent import kernels
+from devices.agent.measure import measure_op
+from devices.agent.stats import summarize
+from profiler.zoo import model_graph
+
+FAST = {"samples": 3, "min_sample_time": 0.0005, "warmups": 1}
+
+
+@pytest.mark.parametrize("model", ["tinycnn", "mlp", "bert-tiny", "mobilenetv2"])
+def test_every_distinct_op_of_zoo_models_measures(model):
+    g = model_graph(model, batch=2, input_shape=(16,) if model == "bert-tiny" else None)
+    for spec in g.distinct_specs():
+        r = measure_op(spec, FAST)
+        assert r["status"] == "ok", (spec["op"], spec["phase"], r.get("error"))
+        assert r["runtime"]["median"] > 0 and r["runtime"]["samples"] in (3, 6)  # 6 if re-measured
+        assert r["inner_loops"] >= 1 and r["peak_memory_bytes"] >= 0
+
+
+def test_backward_phases_compute_only_their_gradients():
+    g = model_graph("tinycnn", batch=2)
+    n = {x.name: x for x in g.nodes}
+    data = kernels.prepare(n["conv2:bwd_data"].spec())
+    grads = data.call()
+    assert len(grads) == 1 and tuple(grads[0].shape) == (2, 8, 8, 8)       # input gradient only
+    weight = kernels.prepare(n["conv2:bwd_weight"].spec())
+    grads = weight.call()
+    assert [tuple(t.shape) for t in grads] == [(16,), (16, 8, 3, 3)]       # bias, weight (sorted)
+
+
+def test_backward_matches_autograd_of_the_whole_layer():
+    spec = model_graph("mlp", batch=3).nodes[0].spec()  # first linear, forward
+    spec = {**spec, "phase": "bwd_weight"}
+    r = kernels.prepare(spec)
+    x, params, out, g = r.keep
+    torch_grads = torch.autograd.grad(out, [params["bias"], params["weight"]], g, retain_graph=True)
+    for a, b in zip(r.call(), torch_grads):
+        assert torch.equal(a, b)
+    assert torch.allclose(r.call()[1], g.t() @ x[0])                     # dW = g^T x
+
+
+def test_sgd_update_changes_the_parameter_in_place():
+    r = kernels.prepare({"op": "sgd", "phase": "update", "dtype": "float32", "inputs": [],
+                         "params": {"param": [4, 3]}, "attrs": {"lr": 0.5}})
+    param, grad, _ = r.keep
+    before = param.clone()
+    r.call()
+    assert torch.allclose(param, before - 0.5 * grad)
+
+
+def test_forward_records_autograd_like_training():
+    spec = model_graph("mlp", batch=2).nodes[1].spec()  # relu after the first linear
+    assert spec["grad_inputs"] == [0]
+    assert kernels.prepare(spec).call().requires_grad
+
+
+def test_conv_peak_memory_counts_its_output():
+    spec = model_graph("tinycnn", batch=4).nodes[0].spec()
+    r = measure_op(spec, FAST)
+    assert r["output_bytes"] == 4 * 8 * 16 * 16 * 4
+    assert r["peak_memory_bytes"] >= r["output_bytes"]
+
+
+def test_unsupported_op_and_dtype_are_reported_not_raised():
+    r = measure_op({"op": "fft", "phase": "fwd", "dtype": "float32", "inputs": [[4]], "params": {},
+                    "attrs": {}, "signature": "s"}, FAST)
+    assert r["status"] == "unsupported" and "no kernel for op 'fft'" in r["error"]
+    r = measure_op({"op": "relu", "phase": "fwd", "dtype": "int8", "inputs": [[4]], "params": {},
+                    "attrs": {}, "signature": "s"}, FAST)
+    assert r["status"] == "unsupported"
+
+
+def test_op_too_big_for_memory_is_recorded_as_not_fitting():
+    huge = [1 << 20, 1 << 20, 1 << 10]  # 4 PiB of float32
+    r = measure_op({"op": "relu", "phase": "fwd", "dtype": "float32", "inputs": [huge], "params": {},
+                    "attrs": {}, "signature": "s"}, FAST)
+    assert r["status"] == "does_not_fit"
+    assert r["needed_bytes"] == 4 * (1 << 50)
+
+
+def test_unstable_op_is_remeasured_and_flagged():
+    spec = model_graph("mlp", batch=2).nodes[0].spec()
+    r = measure_op(spec, {**FAST, "cv_threshold": 0.0})   # any jitter at all exceeds 0
+    assert r["remeasured"] is True and r["unstable"] is True
+    assert r["runtime"]["samples"] == 6                  # re-measured with twice the samples
+    r = measure_op(spec, {**FAST, "cv_threshold": 1e9})
+    assert r["remeasured"] is False and r["unstable"] is False
+
+
+@settings(max_examples=200, deadline=None)
+@given(st.lists(st.floats(min_value=1e-9, max_value=10.0), min_size=1, max_size=60))
+def test_summary_statistics_match_numpy(samples):
+    s = summarize(samples)
+    a = np.array(samples)
+    assert s["median"] == pytest.approx(np.median(a), rel=1e-9)
+    assert s["iqr"] == pytest.approx(np.percentile(a, 75) - np.percentile(a, 25), rel=1e-9, abs=1e-15)
+    assert s["min"] == a.min() and s["max"] == a.max() and s["samples"] == len(a)
+    if len(a) > 1:
+        assert s["stdev"] == pytest.approx(np.std(a, ddof=1), rel=1e-6, abs=1e-15)
+        assert s["cv"] == pytest.approx(np.std(a, ddof=1) / a.mean(), rel=1e-6, abs=1e-12)
+    assert math.isfinite(s["cv"]) and s["cv"] >= 0
