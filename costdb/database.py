@@ -93,6 +93,15 @@ class Database:
             conn.close()
             raise CostdbError(f"database {self.path} has schema version {found}, newer than this "
                               f"costdb supports ({schema.LATEST}); upgrade costdb")
+        if found < schema.LATEST and readonly and found > 0 and os.access(self.path, os.W_OK):
+            # an older file: migrate it once through a writable connection, then read
+            conn.close()
+            Database(self.path).close()
+            conn = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True,
+                                   check_same_thread=False)
+            conn.execute("PRAGMA query_only = 1")
+            conn.execute("PRAGMA foreign_keys = ON")
+            found = schema.version(conn)
         if found < schema.LATEST:
             if readonly:
                 if found == 0 and not self._has_tables(conn):

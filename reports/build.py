@@ -1,0 +1,793 @@
+"""Collect a device's (or the fleet's) costs and solver results from the database and render one
+self-contained HTML report.
+
+``render_report(db_path, devices, model)`` returns the HTML text; ``write_report(...)`` writes it
+atomically. The page has no external references: CSS and the small sort/filter script are inline,
+figures are inline SVG made by ``reports.figures``. Every string from the database reaches the page
+through jinja2 autoescaping (or, inside figures, matplotlib's XML escaping).
+
+Solver results (tables ``schedules`` and ``pareto_points``) are optional: when they are missing the
+sections say which command produces them.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+from typing import Any, Iterable, Sequence
+
+import jinja2
+import pandas as pd
+from markupsafe import Markup, escape
+
+import costdb
+from costdb.errors import CostdbError
+from costdb.units import fmt_bytes, fmt_joules, fmt_seconds
+from reports import figures
+
+#: Rows of the per-node table shown in full; bigger graphs show the most expensive nodes.
+NODE_ROWS = 1000
+#: Bars in the "top ops" charts.
+TOP_N = 15
+PHASES = ("fwd", "loss", "bwd_data", "bwd_weight", "update")
+PHASE_GROUPS = {"forward": ("fwd", "loss"), "backward": ("bwd_data", "bwd_weight"), "update": ("update",)}
+
+_env: jinja2.Environment | None = None
+
+
+def _environment() -> jinja2.Environment:
+    global _env
+    if _env is None:
+        _env = jinja2.Environment(
+            loader=jinja2.PackageLoader("reports", "templates"),
+            autoescape=True,  # always on: the template is HTML whatever its extension
+            trim_blocks=True, lstrip_blocks=True, undefined=jinja2.StrictUndefined)
+        _env.filters["seconds"] = fmt_seconds
+        _env.filters["bytes"] = fmt_bytes
+        _env.filters["joules"] = fmt_joules
+        _env.globals.update(fmt_s=fmt_seconds, fmt_b=fmt_bytes, fmt_j=fmt_joules, fmt_pct=_pct,
+                            KNOWN=("measured", "modeled", "emulated"))
+    return _env
+
+
+# --- small helpers -----------------------------------------------------------------------------
+
+def _num(v: Any) -> float | None:
+    """A finite float or None (NaN, None and non-numbers become None)."""
+    if v is None:
+        return None
+    try:
+        f = float(v)
+    except (TypeError, ValueError):
+        return None
+    return f if math.isfinite(f) else None
+
+
+def _pct(v: Any) -> str:
+    f = _num(v)
+    return "-" if f is None else f"{100 * f:.1f}%"
+
+
+def _sortkey(v: Any) -> str:
+    """The data-v attribute of a numeric cell ('' sorts last)."""
+    f = _num(v)
+    return "" if f is None else repr(f)
+
+
+def _json(text: Any, default: Any) -> Any:
+    if not isinstance(text, str) or not text:
+        return default
+    try:
+        return json.loads(text)
+    except ValueError:
+        return default
+
+
+def _shape_text(shapes: Any) -> str:
+    if not shapes:
+        return ""
+    return ", ".join("x".join(str(d) for d in s) if isinstance(s, (list, tuple)) else str(s)
+                     for s in shapes)
+
+
+def _tables(conn) -> set[str]:
+    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table','view')")}
+
+
+def _columns(conn, table: str) -> list[str]:
+    return [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
+
+
+def _pick(cols: Iterable[str], *names: str) -> str | None:
+    cols = set(cols)
+    return next((n for n in names if n in cols), None)
+
+
+def _provenances(values: Iterable[Any]) -> list[dict[str, Any]]:
+    c = Counter(v for v in values if isinstance(v, str) and v)
+    return [{"name": k, "count": n} for k, n in sorted(c.items())]
+
+
+# --- device header -------------------------------------------------------------------------------
+
+def _device_facts(db: costdb.Database, device: str, sessions: pd.DataFrame) -> dict[str, Any]:
+    row = db.conn.execute("SELECT board, cpu, arch, transport, profile_json, first_seen, last_seen"
+                          " FROM devices WHERE name = ?", (device,)).fetchone()
+    board, cpu, arch, transport, profile_json, first_seen, last_seen = row or (None,) * 7
+    prof = _json(profile_json, {})
+    facts: list[tuple[str, str]] = [("board", board or "-"), ("cpu", cpu or "-"),
+                                    ("architecture", arch or "-"), ("transport", transport or "-")]
+    if prof.get("based_on"):
+        facts.append(("based on", str(prof["based_on"])))
+    if prof.get("cores"):
+        facts.append(("cores", str(prof["cores"])))
+    if prof.get("clock_hz"):
+        facts.append(("clock", f"{prof['clock_hz'] / 1e6:.0f} MHz"))
+    if prof.get("ram_bytes"):
+        facts.append(("RAM", fmt_bytes(prof["ram_bytes"])))
+    if prof.get("compute_units"):
+        facts.append(("compute units", ", ".join(map(str, prof["compute_units"]))))
+    facts.append(("energy sensors", ", ".join(map(str, prof.get("energy_sensors") or [])) or "none"))
+    facts += [("first seen", first_seen or "-"), ("last seen", last_seen or "-")]
+    catalog: list[tuple[str, str]] = []
+    st = prof.get("storage") or {}
+    if prof.get("active_power_w") is not None:
+        catalog.append(("power active / idle", f"{prof['active_power_w']:.3g} W / "
+                                              f"{prof.get('idle_power_w', 0):.3g} W"))
+    if prof.get("flops_per_s"):
+        catalog.append(("compute", f"{prof['flops_per_s'] / 1e9:.3g} GFLOP/s"))
+    if st:
+        catalog.append(("secondary storage",
+                        f"{st.get('kind', '?')}: read {fmt_bytes(st.get('read_bytes_per_s'))}/s "
+                        f"({fmt_seconds(st.get('read_latency_s'))}), write "
+                        f"{fmt_bytes(st.get('write_bytes_per_s'))}/s "
+                        f"({fmt_seconds(st.get('write_latency_s'))})"))
+    sources = sorted((str(k), str(v)) for k, v in (prof.get("sources") or {}).items())
+    # What the agent reported in the latest session
+    observed: list[tuple[str, str]] = []
+    if len(sessions):
+        env = _json(sessions.iloc[-1]["environment_json"], {})
+        f = env.get("facts") or {}
+        for key, label in (("cpu_model", "CPU model"), ("cores", "cores"), ("machine", "machine"),
+                           ("mem_total_bytes", "memory"), ("kernel", "kernel"), ("python", "python"),
+                           ("torch", "torch"), ("cuda", "CUDA"), ("hostname", "hostname"),
+                           ("energy_sensor", "energy sensor")):
+            v = f.get(key)
+            if v is None or v == "" or v == []:
+                continue
+            observed.append((label, fmt_bytes(v) if key == "mem_total_bytes" else str(v)))
+        if f.get("governors"):
+            observed.append(("governors", ", ".join(sorted(set(map(str, f["governors"]))))))
+        if f.get("temperatures_c"):
+            observed.append(("temperatures", ", ".join(f"{k} {v} °C" for k, v in
+                                                       sorted(f["temperatures_c"].items()))))
+    return {"facts": facts, "catalog": catalog, "sources": sources, "observed": observed,
+            "description": prof.get("description") or ""}
+
+
+def _session_rows(sessions: pd.DataFrame, model_keys: dict[int, str]) -> list[dict[str, Any]]:
+    rows = []
+    for _, r in sessions.iterrows():
+        env = _json(r.get("environment_json"), {})
+        f = env.get("facts") or {}
+        settings = _json(r.get("settings_json"), {})
+        warnings = _json(r.get("warnings_json"), [])
+        versions = [f"costdb {r.get('costdb_version') or '?'}"]
+        if r.get("agent_version"):
+            versions.append(f"agent {r['agent_version']}")
+        for k in ("python", "torch"):
+            if f.get(k):
+                versions.append(f"{k} {f[k]}")
+        environment = []
+        if f.get("kernel"):
+            environment.append(f"kernel {f['kernel']}")
+        if f.get("governors"):
+            environment.append("governor " + ",".join(sorted(set(map(str, f["governors"])))))
+        if f.get("loadavg"):
+            environment.append(f"load {float(f['loadavg'][0]):.2f}")
+        if f.get("temperatures_c"):
+            environment.append("temp " + ", ".join(f"{v}°C" for v in f["temperatures_c"].values()))
+        if env.get("threads") or f.get("threads"):
+            environment.append(f"threads {env.get('threads') or f.get('threads')}")
+        if r.get("host"):
+            environment.append(f"host {r['host']}")
+        mid = r.get("model_id")
+        rows.append({
+            "id": int(r["id"]), "status": r.get("status") or "", "started": r.get("started_at") or "",
+            "ended": r.get("ended_at") or "",
+            "model": model_keys.get(int(mid), str(mid)) if _num(mid) is not None else "-",
+            "planned": "-" if _num(r.get("planned")) is None else int(r["planned"]),
+            "measured": "-" if _num(r.get("measured")) is None else int(r["measured"]),
+            "sensor": r.get("energy_sensor") or "none (energy modeled)",
+            "versions": "; ".join(versions), "environment": "; ".join(environment),
+            "settings": ", ".join(f"{k}={v}" for k, v in sorted(settings.items()) if k != "model"),
+            "warnings": [str(w) for w in warnings]})
+    return rows
+
+
+# --- cost tables and charts -----------------------------------------------------------------------
+
+def _flags(status: Any, unstable: Any) -> list[str]:
+    out = []
+    if unstable is True or unstable == 1:
+        out.append("unstable")
+    if not isinstance(status, str):
+        out.append("not measured")
+    elif status != "ok":
+        out.append(status)
+    return out
+
+
+def _op_label(op: str, phase: str, shapes: str) -> str:
+    return f"{op}:{phase} {shapes}".strip()
+
+
+def _distinct_rows(df: pd.DataFrame, shapes: dict[int, str]) -> list[dict[str, Any]]:
+    """One row per distinct signature of the model (uses = graph nodes sharing it)."""
+    grouped = df.groupby("signature", sort=False)["idx"].agg(["count", "first"])
+    uses = dict(zip(grouped.index, grouped["count"]))
+    first_idx = dict(zip(grouped.index, grouped["first"]))
+    first = df.drop_duplicates("signature")
+    rows = []
+    for r in first.itertuples(index=False):
+        sig = r.signature
+        flags = _flags(r.status, r.unstable)
+        rows.append({
+            "op": r.op, "phase": r.phase, "shapes": shapes.get(int(first_idx[sig]), ""),
+            "signature": sig, "uses": int(uses[sig]),
+            "rt": _num(r.runtime_s), "sd": _num(r.runtime_stdev_s), "iqr": _num(r.runtime_iqr_s),
+            "cv": _num(r.runtime_cv), "samples": _num(r.samples),
+            "mem": _num(r.peak_memory_bytes), "en": _num(r.energy_j),
+            "rt_prov": r.runtime_provenance if isinstance(r.runtime_provenance, str) else "",
+            "en_prov": r.energy_provenance if isinstance(r.energy_provenance, str) else "",
+            "flags": flags, "unstable": "unstable" in flags})
+    rows.sort(key=lambda x: -(x["rt"] or -1.0))
+    return rows
+
+
+def _node_rows(df: pd.DataFrame, limit: int) -> tuple[list[dict[str, Any]], int]:
+    sub = df
+    if len(df) > limit:
+        sub = df.sort_values("runtime_s", ascending=False, na_position="last").head(limit).sort_values("idx")
+    rows = []
+    for r in sub.itertuples(index=False):
+        flags = _flags(r.status, r.unstable)
+        rows.append({"idx": int(r.idx), "name": r.name, "layer": r.layer or "", "op": r.op,
+                     "phase": r.phase, "rt": _num(r.runtime_s), "sd": _num(r.runtime_stdev_s),
+                     "cv": _num(r.runtime_cv), "mem": _num(r.peak_memory_bytes),
+                     "en": _num(r.energy_j), "out": _num(r.output_bytes), "flags": flags,
+                     "unstable": "unstable" in flags, "signature": r.signature})
+    return rows, len(df) - len(sub)
+
+
+# Big tables are rendered here rather than in jinja loops (10,000 rows x 14 cells through jinja
+# macros take seconds). Every string from the database goes through ``escape``; numbers are
+# formatted by costdb.units.
+
+_UNSTABLE = ' class="unstable"'
+
+
+def _ncell(v: float | None, fmt) -> str:
+    return f'<td class="n" data-v="{"" if v is None else repr(v)}">{escape(fmt(v))}</td>'
+
+
+def _flag_cells(flags: list[str]) -> str:
+    return "".join(f'<span class="flag flag-{escape(f.replace(" ", "-"))}">{escape(f)}</span>' for f in flags)
+
+
+def _distinct_html(rows: list[dict[str, Any]]) -> Markup:
+    out = []
+    for r in rows:
+        out.append(
+            f'<tr{_UNSTABLE if r["unstable"] else ""}><td>{escape(r["op"])}</td>'
+            f'<td>{escape(r["phase"])}</td><td>{escape(r["shapes"])}</td><td class="n">{r["uses"]}</td>'
+            f'{_ncell(r["rt"], fmt_seconds)}{_ncell(r["sd"], fmt_seconds)}{_ncell(r["iqr"], fmt_seconds)}'
+            f'{_ncell(r["cv"], _pct)}<td class="n">{"-" if r["samples"] is None else int(r["samples"])}</td>'
+            f'{_ncell(r["mem"], fmt_bytes)}{_ncell(r["en"], fmt_joules)}'
+            f'<td>{escape(r["rt_prov"])}/{escape(r["en_prov"])}</td><td>{_flag_cells(r["flags"])}</td>'
+            f'<td class="sig">{escape(r["signature"])}</td></tr>')
+    return Markup("\n".join(out))
+
+
+def _nodes_html(rows: list[dict[str, Any]]) -> Markup:
+    out = []
+    for r in rows:
+        out.append(
+            f'<tr{_UNSTABLE if r["unstable"] else ""}><td class="n" data-v="{r["idx"]}">'
+            f'{r["idx"]}</td><td>{escape(r["name"])}</td><td>{escape(r["layer"])}</td>'
+            f'<td>{escape(r["op"])}</td><td>{escape(r["phase"])}</td>{_ncell(r["rt"], fmt_seconds)}'
+            f'{_ncell(r["sd"], fmt_seconds)}{_ncell(r["cv"], _pct)}{_ncell(r["mem"], fmt_bytes)}'
+            f'{_ncell(r["en"], fmt_joules)}{_ncell(r["out"], fmt_bytes)}<td>{_flag_cells(r["flags"])}</td></tr>')
+    return Markup("\n".join(out))
+
+
+def _top_chart(rows: list[dict[str, Any]], key: str, fmt, title: str) -> str | None:
+    ranked = sorted((r for r in rows if r[key] is not None and r[key] > 0), key=lambda r: -r[key])[:TOP_N]
+    if not ranked:
+        return None
+    labels = [_op_label(r["op"], r["phase"], r["shapes"]) for r in ranked]
+    colors = [figures.PHASE_COLORS.get(r["phase"], "#888") for r in ranked]
+    return figures.top_bars(labels, [r[key] for r in ranked], fmt, title, colors)
+
+
+def _phase_table(df: pd.DataFrame) -> list[dict[str, Any]]:
+    total_rt = float(df["runtime_s"].sum()) or float("nan")
+    total_en = float(df["energy_j"].sum()) or float("nan")
+    out = []
+    for group, phases in PHASE_GROUPS.items():
+        part = df[df["phase"].isin(phases)]
+        rt, en = float(part["runtime_s"].sum()), float(part["energy_j"].sum())
+        out.append({"group": group, "phases": ", ".join(phases), "nodes": len(part), "rt": rt,
+                    "en": en, "rt_share": _pct(rt / total_rt), "en_share": _pct(en / total_en)})
+    return out
+
+
+def _model_cost_section(db: costdb.Database, device: str, key: str, model_id: int,
+                        node_limit: int) -> dict[str, Any]:
+    df = db.costs(device, key)
+    shapes = {int(i): _shape_text(_json(s, [])) for i, s in db.conn.execute(
+        "SELECT idx, input_shapes_json FROM graph_nodes WHERE model_id = ?", (model_id,))}
+    measured = df["status"].eq("ok")
+    distinct = _distinct_rows(df, shapes)
+    nodes, hidden = _node_rows(df, node_limit)
+    rt_prov = _provenances(df.drop_duplicates("signature")["runtime_provenance"])
+    en_prov = _provenances(df.drop_duplicates("signature")["energy_provenance"])
+    by_phase_rt = [float(df.loc[df.phase == p, "runtime_s"].sum()) for p in PHASES]
+    by_phase_en = [float(df.loc[df.phase == p, "energy_j"].sum()) for p in PHASES]
+    present = [i for i, p in enumerate(PHASES) if (df.phase == p).any()]
+    return {
+        "n_nodes": len(df), "n_distinct": len(distinct), "n_measured": int(measured.sum()),
+        "n_unstable": sum(1 for r in distinct if r["unstable"]),
+        "n_missing": int((~df["status"].notna()).sum()),
+        "runtime_s": _num(df["runtime_s"].sum()) if measured.any() else None,
+        "energy_j": _num(df["energy_j"].sum()) if measured.any() else None,
+        "max_peak_memory": _num(df["peak_memory_bytes"].max()),
+        "rt_prov": rt_prov, "en_prov": en_prov,
+        "distinct_html": _distinct_html(distinct), "nodes_html": _nodes_html(nodes),
+        "n_nodes_shown": len(nodes), "nodes_hidden": hidden,
+        "phase_table": _phase_table(df),
+        "fig_top_runtime": _top_chart(distinct, "rt", fmt_seconds, f"Top {TOP_N} ops by runtime (median)"),
+        "fig_top_energy": _top_chart(distinct, "en", fmt_joules, f"Top {TOP_N} ops by energy"),
+        "fig_top_memory": _top_chart(distinct, "mem", fmt_bytes, f"Top {TOP_N} ops by peak memory"),
+        "fig_phases": figures.phase_breakdown(
+            [PHASES[i] for i in present], [by_phase_rt[i] for i in present],
+            [by_phase_en[i] for i in present], "Runtime per phase (sum over nodes)",
+            "Energy per phase (sum over nodes)", fmt_seconds, fmt_joules) if measured.any() else None,
+        "has_data": bool(measured.any()),
+        "df": df,
+    }
+
+
+def _iteration_rows(db: costdb.Database, device: str, key: str) -> list[dict[str, Any]]:
+    it = db.iterations(device)
+    it = it[it["model"] == key]
+    rows = []
+    for r in it.itertuples(index=False):
+        rows.append({"measured": _num(r.measured_s), "predicted": _num(r.predicted_s),
+                     "error": _num(r.error), "cv": _num(r.runtime_cv), "samples": _num(r.samples),
+                     "threads": _num(r.threads), "optimizer": r.optimizer or "",
+                     "prov": r.runtime_provenance or "", "at": r.measured_at or ""})
+    return rows
+
+
+# --- solver results ---------------------------------------------------------------------------------
+
+def _solver_frames(db: costdb.Database, device: str, model_id: int) -> dict[str, Any]:
+    """Stored Pareto points and schedules of (device, model), tolerant of the exact columns."""
+    tables = _tables(db.conn)
+    out: dict[str, Any] = {"schedules": None, "points": None}
+    for table in ("schedules", "pareto_points"):
+        if table not in tables:
+            continue
+        cols = _columns(db.conn, table)
+        where, args = [], []
+        if "device" in cols:
+            where.append("device = ?")
+            args.append(device)
+        if "model_id" in cols:
+            where.append("model_id = ?")
+            args.append(model_id)
+        sql = f"SELECT * FROM {table}" + (" WHERE " + " AND ".join(where) if where else "")
+        sql += " ORDER BY " + ("id" if "id" in cols else "rowid")
+        df = pd.read_sql_query(sql, db.conn, params=args)
+        out["schedules" if table == "schedules" else "points"] = df
+    return out
+
+
+def _series_name(row: dict[str, Any], cols: Sequence[str]) -> str:
+    for c in ("baseline", "mode", "formulation", "strategy"):
+        if c in cols and isinstance(row.get(c), str) and row[c]:
+            return row[c]
+    return "integrated"
+
+
+def _is_pareto(row: dict[str, Any], cols: Sequence[str]) -> bool | None:
+    for c in ("pareto", "is_pareto", "on_front", "non_dominated", "nondominated"):
+        if c in cols and row.get(c) is not None and row.get(c) == row.get(c):
+            return bool(row[c])
+    if "dominated" in cols and row.get("dominated") is not None:
+        return not bool(row["dominated"])
+    return None
+
+
+def _front(points: list[dict[str, Any]], x: str) -> None:
+    """Mark non-dominated points (minimise x and energy) per series where the DB has no flag."""
+    for series in {p["series"] for p in points}:
+        sp = sorted((p for p in points if p["series"] == series and p.get("pareto") is None
+                     and p.get(x) is not None and p.get("energy_j") is not None),
+                    key=lambda p: (p[x], p["energy_j"]))
+        best = math.inf
+        for p in sp:
+            p["pareto"] = p["energy_j"] < best
+            best = min(best, p["energy_j"])
+
+
+def _schedule_states(sched: Any, n_nodes: int) -> list[list[str]] | None:
+    """Stage x node states from a schedule's JSON (see docs/reports.md for accepted encodings)."""
+    if isinstance(sched, str):
+        sched = _json(sched, None)
+    if not isinstance(sched, dict):
+        return None
+    low = {k.lower(): v for k, v in sched.items()}
+    for nest in ("matrices", "decisions", "variables", "x"):
+        if isinstance(low.get(nest), dict):
+            low.update({k.lower(): v for k, v in low[nest].items()})
+
+    def mat(*names: str) -> list[list[Any]] | None:
+        for n in names:
+            v = low.get(n)
+            if isinstance(v, list) and v and isinstance(v[0], list):
+                return v
+        return None
+
+    R = mat("r", "compute", "recompute_matrix")
+    if R is not None:
+        ram = mat("s_ram", "sram", "ram", "keep", "resident")
+        sd = mat("s_sd", "ssd", "sd", "storage", "on_storage")
+        m_in = mat("m_in", "min", "page_in", "pagein")
+        m_out = mat("m_out", "mout", "page_out", "pageout")
+        T = len(R)
+        n = max(len(row) for row in R)
+        states = []
+        computed = [False] * n
+        for t in range(T):
+            row = []
+            for i in range(n):
+                def on(m: list[list[Any]] | None) -> bool:
+                    return bool(m and t < len(m) and i < len(m[t]) and m[t][i] and m[t][i] > 0.5)
+                if on(R):
+                    row.append("recompute" if computed[i] else "compute")
+                    computed[i] = True
+                elif on(m_in):
+                    row.append("page_in")
+                elif on(m_out):
+                    row.append("page_out")
+                elif on(ram):
+                    row.append("resident")
+                elif on(sd):
+                    row.append("on_storage")
+                else:
+                    row.append("absent")
+            states.append(row)
+        return states
+    stages = low.get("stages") or low.get("steps")
+    if isinstance(stages, list) and stages and isinstance(stages[0], dict):
+        n = int(low["n"]) if isinstance(low.get("n"), int) else 0
+        for st in stages:
+            for v in st.values():
+                if isinstance(v, list) and v and all(isinstance(x, int) for x in v):
+                    n = max(n, max(v) + 1)
+        n = n or n_nodes
+        states = []
+        computed = [False] * n
+        stored: set[int] = set()      # paged out once: on secondary storage from then on
+        keys = (("page_in", ("page_in", "m_in", "pagein")), ("page_out", ("page_out", "m_out", "pageout")),
+                ("resident", ("resident", "ram", "keep", "s_ram", "in_ram")),
+                ("on_storage", ("on_storage", "sd", "s_sd", "storage")))
+        kept: list[int] = []          # RAM at the start of the stage = the previous stage's keep
+        for st in stages:
+            s = {k.lower(): v for k, v in st.items()}
+            row = ["on_storage" if i in stored else "absent" for i in range(n)]
+            for i in kept:
+                row[i] = "resident"
+            kept = [i for name in ("keep", "resident", "ram", "s_ram", "in_ram") for i in s.get(name) or []
+                    if isinstance(i, int) and 0 <= i < n]
+            for name in ("page_out", "m_out", "pageout"):
+                stored.update(i for i in s.get(name) or [] if isinstance(i, int) and 0 <= i < n)
+            for state, names in reversed(keys):
+                for name in names:
+                    for i in s.get(name) or []:
+                        if isinstance(i, int) and 0 <= i < n:
+                            row[i] = state
+            for name in ("compute", "r", "recompute"):
+                for i in s.get(name) or []:
+                    if isinstance(i, int) and 0 <= i < n:
+                        row[i] = "recompute" if computed[i] else "compute"
+                        computed[i] = True
+            states.append(row)
+        return states
+    return None
+
+
+def _solver_section(db: costdb.Database, device: str, key: str, name: str, model_id: int,
+                    db_hint: str, node_names: list[str]) -> dict[str, Any]:
+    frames = _solver_frames(db, device, model_id)
+    pareto_cmd = f"costdb pareto --device {device} --model {name}{db_hint}"
+    solve_cmd = f"costdb solve --device {device} --model {name} --memory 256MiB --deadline 2s{db_hint}"
+    sec: dict[str, Any] = {"pareto_cmd": pareto_cmd, "solve_cmd": solve_cmd, "points": 0,
+                           "fig_energy_runtime": None, "fig_energy_memory": None, "schedules": [],
+                           "chosen": None, "fig_grid": None, "grid_note": "", "series": []}
+    sched_df = frames["schedules"]
+    chosen = None
+    if sched_df is not None and len(sched_df):
+        cols = list(sched_df.columns)
+        c_en = _pick(cols, "energy_j", "objective_j", "objective", "energy")
+        c_rt = _pick(cols, "runtime_s", "makespan_s", "runtime")
+        c_mem = _pick(cols, "peak_memory_bytes", "peak_ram_bytes", "memory_bytes")
+        c_status = _pick(cols, "status")
+        rows = []
+        for rec in sched_df.to_dict("records"):
+            status = str(rec.get(c_status) or "") if c_status else ""
+            rows.append({
+                "id": rec.get("id"), "series": _series_name(rec, cols),
+                "solver": str(rec.get("solver") or ""), "status": status,
+                "budget": _num(rec.get("budget_bytes")), "deadline": _num(rec.get("deadline_s")),
+                "energy_j": _num(rec.get(c_en)) if c_en else None,
+                "runtime_s": _num(rec.get(c_rt)) if c_rt else None,
+                "peak": _num(rec.get(c_mem)) if c_mem else None,
+                "solve_time": _num(rec.get(_pick(cols, "solve_time_s", "solve_s", "wall_s") or "")),
+                "created": str(rec.get(_pick(cols, "created_at", "solved_at", "at") or "") or ""),
+                "provenance": str(rec.get(_pick(cols, "provenance", "cost_provenance") or "") or ""),
+                "json": rec.get(_pick(cols, "schedule_json", "schedule", "solution_json") or ""),
+                "has_schedule": bool(rec.get(_pick(cols, "schedule_json", "schedule", "solution_json") or "")),
+                "from_sweep": _num(rec.get("sweep_id")) is not None,
+                "method": str(rec.get("method") or ""),
+                "flag": any(_num(rec.get(c)) for c in ("chosen", "selected", "recommended")
+                            if c in cols),
+                "chosen": False})
+        feasible = [r for r in rows if r["energy_j"] is not None and r["has_schedule"]
+                    and r["status"].lower() in ("optimal", "feasible", "time_limit", "")]
+        flagged = [r for r in rows if r["flag"]]
+        integ = [r for r in feasible if r["series"] in ("integrated", "poet", "remat+paging")]
+        # The recommendation: an explicitly flagged schedule; else the latest integrated schedule
+        # the user asked for with 'costdb solve' (not part of a sweep); else the lowest-energy
+        # integrated one; else the lowest-energy schedule of any kind.
+        direct = [r for r in integ if not r["from_sweep"]]
+        if flagged:
+            chosen = flagged[-1]
+        elif direct:
+            chosen = direct[-1]
+        elif integ:
+            chosen = min(integ, key=lambda r: (r["energy_j"], -(r["id"] or 0)))
+        elif feasible:
+            chosen = min(feasible, key=lambda r: (r["energy_j"], -(r["id"] or 0)))
+        if chosen:
+            chosen["chosen"] = True
+            sched_obj = _json(chosen["json"], None) if isinstance(chosen["json"], str) else chosen["json"]
+            states = _schedule_states(sched_obj, len(node_names))
+            if states:
+                n = len(states[0])
+                names = sched_obj.get("node_names") if isinstance(sched_obj, dict) else None
+                if not (isinstance(names, list) and len(names) == n):
+                    names = node_names if len(node_names) == n else [str(i) for i in range(n)]
+                labels = [str(x) for x in names]
+                sec["fig_grid"] = figures.schedule_grid(
+                    states, labels, f"Schedule {chosen['id']} ({chosen['series']}): "
+                                    f"{len(states)} stages x {n} nodes")
+                counts = Counter(s for row in states for s in row)
+                sec["grid_counts"] = [(s.replace("_", "-"), counts.get(s, 0)) for s in figures.STATE_ORDER
+                                      if s != "absent"]
+            else:
+                sec["grid_note"] = ("the chosen schedule has no stage x node decisions stored "
+                                    "(schedule_json missing or in an unknown encoding)")
+        for r in rows:
+            r.pop("json", None)
+        sec["schedules"] = rows
+        sec["chosen"] = chosen
+    pts_df = frames["points"]
+    if pts_df is not None and len(pts_df):
+        cols = list(pts_df.columns)
+        c_en = _pick(cols, "energy_j", "objective_j", "objective", "energy")
+        c_rt = _pick(cols, "runtime_s", "makespan_s", "runtime")
+        c_mem = _pick(cols, "peak_memory_bytes", "peak_ram_bytes")
+        points = []
+        for rec in pts_df.to_dict("records"):
+            points.append({"series": _series_name(rec, cols), "pareto": _is_pareto(rec, cols),
+                           "energy_j": _num(rec.get(c_en)) if c_en else None,
+                           "runtime_s": _num(rec.get(c_rt)) if c_rt else None,
+                           "peak": _num(rec.get(c_mem)) if c_mem else None,
+                           "budget": _num(rec.get("budget_bytes")),
+                           "deadline": _num(rec.get("deadline_s"))})
+        for p in points:
+            if p["budget"] is None:
+                p["budget"] = p["peak"]
+        # The stored flag is non-dominance over all objectives (energy, runtime, memory); each
+        # plot marks the front of its own two axes.
+        pts_rt = [dict(p, pareto=None) for p in points]
+        _front(pts_rt, "runtime_s")
+        pts_mem = [dict(p, pareto=None) for p in points]
+        _front(pts_mem, "budget")
+        ch = None
+        if chosen:
+            ch = {"runtime_s": chosen["runtime_s"], "energy_j": chosen["energy_j"],
+                  "budget": chosen["budget"] if chosen["budget"] is not None else chosen["peak"]}
+        sec["points"] = len(points)
+        sec["series"] = [{"name": s, "points": n} for s, n in
+                         sorted(Counter(p["series"] for p in points).items())]
+        sec["fig_energy_runtime"] = figures.pareto(
+            [dict(p, x=p["runtime_s"], y=p["energy_j"]) for p in pts_rt], "x", "y",
+            "iteration runtime (s)", "energy per iteration (J)", "Energy vs runtime", chosen=(
+                {"x": ch["runtime_s"], "y": ch["energy_j"]} if ch else None))
+        sec["fig_energy_memory"] = figures.pareto(
+            [dict(p, x=p["budget"], y=p["energy_j"]) for p in pts_mem], "x", "y",
+            "memory budget (MiB)", "energy per iteration (J)", "Energy vs memory budget",
+            xscale=1 / 2**20, chosen=({"x": ch["budget"], "y": ch["energy_j"]} if ch else None))
+    return sec
+
+
+# --- comparison ---------------------------------------------------------------------------------------
+
+def _comparison(db: costdb.Database, model_id: int, key: str, name: str,
+                db_hint: str) -> dict[str, Any] | None:
+    devs = [r[0] for r in db.conn.execute(
+        "SELECT DISTINCT m.device FROM current_measurements m JOIN graph_nodes g"
+        " ON g.signature = m.signature WHERE g.model_id = ? AND m.status = 'ok' ORDER BY m.device",
+        (model_id,))]
+    if len(devs) < 2:
+        return None
+    rows = []
+    per_phase: dict[str, list[float]] = {g: [] for g in PHASE_GROUPS}
+    energy: list[float] = []
+    iters = db.iterations()
+    for dev in devs:
+        df = db.costs(dev, key)
+        ok = df["status"].eq("ok")
+        it = iters[(iters["device"] == dev) & (iters["model"] == key)]
+        last = it.iloc[-1] if len(it) else None
+        for g, phases in PHASE_GROUPS.items():
+            per_phase[g].append(float(df.loc[df.phase.isin(phases), "runtime_s"].sum()))
+        energy.append(float(df["energy_j"].sum()))
+        board = db.conn.execute("SELECT board, cpu FROM devices WHERE name = ?", (dev,)).fetchone()
+        solver_best = None
+        if "schedules" in _tables(db.conn):
+            fr = _solver_frames(db, dev, model_id)["schedules"]
+            if fr is not None and len(fr):
+                c_en = _pick(fr.columns, "energy_j", "objective_j", "objective", "energy")
+                if c_en:
+                    solver_best = _num(pd.to_numeric(fr[c_en], errors="coerce").min())
+        rows.append({"device": dev, "board": (board[0] if board else "") or "",
+                     "cpu": (board[1] if board else "") or "",
+                     "measured": f"{int(ok.sum())}/{len(df)}", "rt": _num(df["runtime_s"].sum()),
+                     "en": _num(df["energy_j"].sum()), "mem": _num(df["peak_memory_bytes"].max()),
+                     "unstable": int(df.drop_duplicates("signature")["unstable"].eq(True).sum()),
+                     "iter": _num(last["measured_s"]) if last is not None else None,
+                     "rt_prov": ", ".join(p["name"] for p in _provenances(df["runtime_provenance"])),
+                     "en_prov": ", ".join(p["name"] for p in _provenances(df["energy_provenance"])),
+                     "solver_best": solver_best})
+    return {"model": key, "devices": devs, "rows": rows,
+            "fig_runtime": figures.grouped_bars(devs, per_phase, f"{name}: runtime per iteration "
+                                                "(sum of node medians) by phase", fmt_seconds,
+                                                colors={"forward": figures.PHASE_COLORS["fwd"],
+                                                        "backward": figures.PHASE_COLORS["bwd_data"],
+                                                        "update": figures.PHASE_COLORS["update"]},
+                                                stacked=True),
+            "fig_energy": figures.grouped_bars(devs, {"energy per iteration": energy},
+                                               f"{name}: energy per iteration", fmt_joules,
+                                               colors={"energy per iteration": "#e45756"})}
+
+
+# --- top level -------------------------------------------------------------------------------------
+
+def _models_with_data(db: costdb.Database, device: str) -> list[int]:
+    return [r[0] for r in db.conn.execute(
+        "SELECT DISTINCT g.model_id FROM graph_nodes g JOIN current_measurements m"
+        " ON m.signature = g.signature AND m.device = ? ORDER BY g.model_id", (device,))]
+
+
+def collect(db: costdb.Database, devices: Sequence[str] | None = None, model: str | None = None,
+            all_devices: bool = False, node_rows: int = NODE_ROWS,
+            db_label: str | None = None) -> dict[str, Any]:
+    """The template context: one section per device (and model) plus the fleet comparison."""
+    known = [r[0] for r in db.conn.execute("SELECT name FROM devices ORDER BY name")]
+    if all_devices:
+        devices = known
+    devices = list(dict.fromkeys(devices or []))
+    if not devices:
+        if len(known) == 1:
+            devices = known
+        elif not known:
+            raise CostdbError(f"{db.path} has no devices yet; run 'costdb profile --device D "
+                              "--model M' first")
+        else:
+            raise CostdbError("give --device NAME (repeatable) or --all; devices with data: "
+                              + ", ".join(known))
+    for d in devices:
+        if d not in known:
+            raise CostdbError(f"device {d!r} has no data in {db.path}"
+                              + (f"; devices with data: {', '.join(known)}" if known else ""))
+    model_keys = {int(i): k for i, k in db.conn.execute("SELECT id, key FROM models")}
+    model_names = {int(i): n for i, n in db.conn.execute("SELECT id, name FROM models")}
+    chosen_model = db.resolve_model(model) if model else None
+    hint = f" --db {db_label}" if db_label else ""
+    sections = []
+    compare_models: list[int] = []
+    for dev in devices:
+        sessions = db.sessions(dev)
+        info = _device_facts(db, dev, sessions)
+        mids = [chosen_model] if chosen_model is not None else _models_with_data(db, dev)
+        all_rt = _provenances(r[0] for r in db.conn.execute(
+            "SELECT runtime_provenance FROM current_measurements WHERE device = ?", (dev,)))
+        all_en = _provenances(r[0] for r in db.conn.execute(
+            "SELECT energy_provenance FROM current_measurements WHERE device = ?", (dev,)))
+        it_prov = _provenances(r[0] for r in db.conn.execute(
+            "SELECT runtime_provenance FROM iterations WHERE device = ?", (dev,)))
+        models = []
+        for mid in mids:
+            key, name = model_keys[mid], model_names[mid]
+            costs = _model_cost_section(db, dev, key, mid, node_rows)
+            node_names = costs.pop("df")["name"].tolist()
+            iters = _iteration_rows(db, dev, key)
+            fig_iter = figures.predicted_vs_measured(
+                [f"#{k + 1} {r['at'][:16]}" for k, r in enumerate(iters[-6:])],
+                [r["measured"] for r in iters[-6:]], [r["predicted"] for r in iters[-6:]],
+                fmt_seconds) if iters else None
+            models.append({
+                "id": mid, "key": key, "name": name, "anchor": f"d{len(sections)}-m{mid}",
+                "costs": costs, "iterations": iters, "fig_iter": fig_iter,
+                "iter_prov": _provenances(r["prov"] for r in iters),
+                "profile_cmd": f"costdb profile --device {dev} --model {name}{hint}",
+                "solver": _solver_section(db, dev, key, name, mid, hint, node_names)})
+            if mid not in compare_models:
+                compare_models.append(mid)
+        sections.append({"name": dev, "anchor": f"d{len(sections)}", "info": info,
+                         "sessions": _session_rows(sessions, model_keys), "models": models,
+                         "prov_runtime": all_rt, "prov_energy": all_en, "prov_iter": it_prov,
+                         "profile_cmd": f"costdb profile --device {dev} --model MODEL{hint}"})
+    comparisons = []
+    for mid in compare_models:
+        c = _comparison(db, mid, model_keys[mid], model_names[mid], hint)
+        if c:
+            comparisons.append(c)
+    title_devs = ", ".join(devices) if len(devices) <= 4 else f"{len(devices)} devices"
+    title_model = f" — {model_names[chosen_model]}" if chosen_model is not None else ""
+    return {"title": f"costdb report: {title_devs}{title_model}",
+            "generated": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "version": costdb.__version__,
+            "db": db_label or str(db.path), "devices": sections, "comparisons": comparisons,
+            "fleet": len(known) > 1, "known_devices": known,
+            "state_colors": figures.STATE_COLORS, "phase_colors": figures.PHASE_COLORS}
+
+
+def render_report(db_path: str | os.PathLike, devices: Sequence[str] | None = None,
+                  model: str | None = None, all_devices: bool = False,
+                  node_rows: int = NODE_ROWS) -> str:
+    """The report as one HTML string (see module docstring)."""
+    with costdb.open(db_path, readonly=True) as db:
+        ctx = collect(db, devices, model, all_devices, node_rows, db_label=str(db_path))
+    return _environment().get_template("report.html.j2").render(**ctx)
+
+
+def write_report(db_path: str | os.PathLike, output: str | os.PathLike = "report.html",
+                 devices: Sequence[str] | None = None, model: str | None = None,
+                 all_devices: bool = False, node_rows: int = NODE_ROWS) -> Path:
+    """Render and write atomically (temp file in the target directory, then rename)."""
+    html = render_report(db_path, devices, model, all_devices, node_rows)
+    target = Path(output)
+    parent = target.parent if str(target.parent) else Path(".")
+    if not parent.is_dir():
+        raise CostdbError(f"cannot write {target}: directory {parent} does not exist")
+    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(html)
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, target)
+    except PermissionError:
+        raise CostdbError(f"cannot write {target}: permission denied") from None
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return target

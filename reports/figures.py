@@ -1,0 +1,256 @@
+"""matplotlib figures rendered to inline SVG strings (Agg-free SVG backend, text kept as text).
+
+Every function returns an SVG fragment (no XML prolog) ready to embed in HTML, or ``None`` when
+there is nothing to draw. Figures are closed after rendering. Text from the database goes into
+the SVG through matplotlib, which escapes it as XML character data; math-text parsing is off so
+an op named ``$x$`` is drawn literally and cannot break rendering.
+"""
+from __future__ import annotations
+
+import io
+import itertools
+import re
+from typing import Iterable, Sequence
+
+import matplotlib
+
+matplotlib.use("Agg")
+from matplotlib.colors import ListedColormap  # noqa: E402
+from matplotlib.figure import Figure  # noqa: E402
+from matplotlib.patches import Patch  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+
+_RC = {
+    "svg.fonttype": "none",       # text as <text>, not paths: small and selectable
+    "svg.hashsalt": "costdb",     # deterministic ids
+    "text.parse_math": False,     # '$' in op or device names is literal
+    "font.size": 9,
+    "axes.titlesize": 10,
+    "axes.spines.top": False,
+    "axes.spines.right": False,
+    "figure.dpi": 72,
+}
+
+#: Colours of the phases and schedule states (also used by the HTML legend).
+PHASE_COLORS = {"fwd": "#4c78a8", "loss": "#9d755d", "bwd_data": "#f58518", "bwd_weight": "#e45756",
+                "update": "#54a24b"}
+STATE_COLORS = {"absent": "#ffffff", "resident": "#c6dbef", "compute": "#2b8cbe",
+                "recompute": "#e6550d", "page_out": "#756bb1", "page_in": "#31a354",
+                "on_storage": "#e5e5e5"}
+STATE_ORDER = list(STATE_COLORS)
+
+_uid = itertools.count(1)
+
+
+def _svg(fig: Figure) -> str:
+    buf = io.StringIO()
+    with matplotlib.rc_context(_RC):
+        fig.savefig(buf, format="svg", bbox_inches="tight")
+    text = buf.getvalue()
+    start = text.find("<svg")
+    text = text[start:]
+    # No RDF metadata (it only carries namespace URLs and the generator name).
+    text = re.sub(r"<metadata>.*?</metadata>\s*", "", text, count=1, flags=re.S)
+    # Several figures share one HTML document: make element ids unique per figure.
+    prefix = f"f{next(_uid)}-"
+    # Only inside tags: text content (escaped, so it has no '<') is left alone.
+    text = _TAG.sub(lambda m: _prefix_ids(m.group(0), prefix), text)
+    # Let CSS size the figure (keeps the aspect ratio through the viewBox).
+    text = re.sub(r'<svg([^>]*?) width="([^"]*)" height="[^"]*"',
+                  r'<svg\1 class="fig" style="max-width: \2"', text, count=1)
+    return text
+
+
+_TAG = re.compile(r"<[^>]+>")
+
+
+def _prefix_ids(tag: str, prefix: str) -> str:
+    tag = re.sub(r'\bid="([^"]+)"', lambda m: f'id="{prefix}{m.group(1)}"', tag)
+    tag = re.sub(r'url\(#([^)]+)\)', lambda m: f"url(#{prefix}{m.group(1)})", tag)
+    return re.sub(r'href="#([^"]+)"', lambda m: f'href="#{prefix}{m.group(1)}"', tag)
+
+
+def _figure(w: float, h: float, ncols: int = 1) -> tuple[Figure, object]:
+    """A figure outside pyplot (no global figure manager to register with and close)."""
+    with matplotlib.rc_context(_RC):
+        fig = Figure(figsize=(w, h))
+        ax = fig.subplots(1, ncols)
+    return fig, ax
+
+
+def _short(label: str, n: int = 42) -> str:
+    return label if len(label) <= n else label[: n - 1] + "…"
+
+
+def top_bars(labels: Sequence[str], values: Sequence[float], unit_fmt, title: str,
+             colors: Sequence[str] | None = None, xlabel: str = "") -> str | None:
+    """Horizontal bar chart, largest at the top."""
+    pairs = [(lab, v) for lab, v in zip(labels, values) if v is not None and v == v]
+    if not pairs:
+        return None
+    with matplotlib.rc_context(_RC):
+        fig, ax = _figure(6.2, 0.28 * len(pairs) + 0.9)
+        ys = range(len(pairs))[::-1]
+        vals = [v for _, v in pairs]
+        ax.barh(list(ys), vals, color=list(colors) if colors else "#4c78a8")
+        ax.set_yticks(list(ys), [_short(lab) for lab, _ in pairs])
+        ax.set_title(title, loc="left")
+        if xlabel:
+            ax.set_xlabel(xlabel)
+        vmax = max(vals) if vals else 1
+        for y, v in zip(ys, vals):
+            ax.text(v + 0.01 * vmax, y, unit_fmt(v), va="center", fontsize=8)
+        ax.set_xlim(0, vmax * 1.25 if vmax > 0 else 1)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: unit_fmt(v) if v else "0"))
+        ax.tick_params(axis="y", labelsize=8)
+    return _svg(fig)
+
+
+def phase_breakdown(phases: Sequence[str], runtime: Sequence[float], energy: Sequence[float],
+                    runtime_title: str, energy_title: str, fmt_rt, fmt_en) -> str | None:
+    """Two bar charts side by side: runtime and energy summed per phase."""
+    if not phases:
+        return None
+    with matplotlib.rc_context(_RC):
+        fig, axes = _figure(8.4, 2.6, ncols=2)
+        for ax, vals, title, fmt in ((axes[0], runtime, runtime_title, fmt_rt),
+                                     (axes[1], energy, energy_title, fmt_en)):
+            vals = [0.0 if v is None or v != v else v for v in vals]
+            ax.bar(range(len(phases)), vals, color=[PHASE_COLORS.get(p, "#888") for p in phases])
+            ax.set_xticks(range(len(phases)), [p.replace("_", "\n") for p in phases])
+            ax.set_title(title, loc="left")
+            top = max(vals) if vals and max(vals) > 0 else 1
+            for x, v in enumerate(vals):
+                ax.text(x, v + 0.02 * top, fmt(v), ha="center", fontsize=8)
+            ax.set_ylim(0, top * 1.2)
+            ax.set_yticks([])
+            ax.spines["left"].set_visible(False)
+    return _svg(fig)
+
+
+def grouped_bars(groups: Sequence[str], series: dict[str, Sequence[float]], title: str, fmt,
+                 colors: dict[str, str] | None = None, stacked: bool = False) -> str | None:
+    """Bars per group (devices) with one bar (or stack segment) per series."""
+    if not groups or not series:
+        return None
+    with matplotlib.rc_context(_RC):
+        fig, ax = _figure(max(4.5, 1.1 * len(groups) + 3), 2.8)
+        names = list(series)
+        width = 0.8 if stacked else 0.8 / len(names)
+        bottoms = [0.0] * len(groups)
+        for k, name in enumerate(names):
+            vals = [0.0 if v is None or v != v else float(v) for v in series[name]]
+            xs = [i if stacked else i - 0.4 + width * (k + 0.5) for i in range(len(groups))]
+            ax.bar(xs, vals, width, bottom=bottoms if stacked else None, label=name,
+                   color=(colors or {}).get(name))
+            if stacked:
+                bottoms = [b + v for b, v in zip(bottoms, vals)]
+            else:
+                for x, v in zip(xs, vals):
+                    if v:
+                        ax.text(x, v, fmt(v), ha="center", va="bottom", fontsize=7)
+        if stacked:
+            for i, b in enumerate(bottoms):
+                ax.text(i, b, fmt(b), ha="center", va="bottom", fontsize=8)
+        ax.set_xticks(range(len(groups)), [_short(g, 20) for g in groups])
+        ax.set_title(title, loc="left")
+        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.set_yticks([])
+        ax.spines["left"].set_visible(False)
+    return _svg(fig)
+
+
+def predicted_vs_measured(labels: Sequence[str], measured: Sequence[float],
+                          predicted: Sequence[float | None], fmt) -> str | None:
+    """Horizontal pairs of bars (measured, predicted) per stored iteration measurement."""
+    if not labels:
+        return None
+    with matplotlib.rc_context(_RC):
+        fig, ax = _figure(5.6, 0.55 * len(labels) + 1.0)
+        vmax = max([v for v in list(measured) + list(predicted) if v is not None and v == v] or [1])
+        for k, (name, vals, color) in enumerate((("measured (whole iteration)", measured, "#4c78a8"),
+                                                 ("predicted (sum of node medians)", predicted,
+                                                  "#f58518"))):
+            ys = [len(labels) - 1 - i + (0.2 if k == 0 else -0.2) for i in range(len(labels))]
+            vs = [0.0 if v is None or v != v else v for v in vals]
+            ax.barh(ys, vs, 0.38, color=color, label=name)
+            for y, v, raw in zip(ys, vs, vals):
+                ax.text(v + 0.01 * vmax, y, fmt(raw) if raw is not None else "n/a", va="center",
+                        fontsize=8)
+        ax.set_yticks(range(len(labels))[::-1], list(labels))
+        ax.set_xlim(0, vmax * 1.3)
+        ax.xaxis.set_major_locator(MaxNLocator(4))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt(v) if v else "0"))
+        ax.set_title("Whole-iteration runtime: measured vs predicted", loc="left")
+        ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / len(labels)),
+                  ncol=2)
+    return _svg(fig)
+
+
+def pareto(points: Iterable[dict], x: str, y: str, xlabel: str, ylabel: str, title: str,
+           xscale: float = 1.0, yscale: float = 1.0, chosen: dict | None = None) -> str | None:
+    """Scatter of sweep points per series, non-dominated ones joined by a step line.
+
+    Each point: {x, y, series, pareto (bool)}; ``chosen`` is drawn as a large star.
+    """
+    pts = [p for p in points if p.get(x) is not None and p.get(y) is not None
+           and p[x] == p[x] and p[y] == p[y]]
+    if not pts:
+        return None
+    palette = ["#2b8cbe", "#e6550d", "#31a354", "#756bb1", "#636363", "#d6616b", "#8c6d31"]
+    with matplotlib.rc_context(_RC):
+        fig, ax = _figure(5.6, 3.6)
+        series = sorted({p["series"] for p in pts}, key=lambda s: (s != "integrated", s))
+        for k, name in enumerate(series):
+            color = palette[k % len(palette)]
+            sp = [p for p in pts if p["series"] == name]
+            dom = [p for p in sp if not p.get("pareto")]
+            front = sorted((p for p in sp if p.get("pareto")), key=lambda p: p[x])
+            if dom:
+                ax.scatter([p[x] * xscale for p in dom], [p[y] * yscale for p in dom], s=10,
+                           color=color, alpha=0.35, linewidths=0)
+            if front:
+                ax.step([p[x] * xscale for p in front], [p[y] * yscale for p in front],
+                        where="post", color=color, lw=1.4)
+                ax.scatter([p[x] * xscale for p in front], [p[y] * yscale for p in front], s=18,
+                           color=color, label=f"{name} ({len(sp)} points)")
+            elif dom:
+                ax.scatter([], [], color=color, label=f"{name} ({len(sp)} points)")
+        if chosen and chosen.get(x) is not None and chosen.get(y) is not None:
+            ax.scatter([chosen[x] * xscale], [chosen[y] * yscale], s=160, marker="*",
+                       color="#ffd92f", edgecolors="black", linewidths=0.8, zorder=5,
+                       label="chosen schedule")
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.set_title(title, loc="left")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, frameon=False)
+    return _svg(fig)
+
+
+def schedule_grid(states: Sequence[Sequence[str]], node_labels: Sequence[str], title: str) -> str | None:
+    """POET-style grid: rows are stages, columns graph nodes, colour = state of the node's value."""
+    if not states or not states[0]:
+        return None
+    index = {s: i for i, s in enumerate(STATE_ORDER)}
+    matrix = [[index.get(s, 0) for s in row] for row in states]
+    n_stages, n_nodes = len(matrix), len(matrix[0])
+    cmap = ListedColormap([STATE_COLORS[s] for s in STATE_ORDER])
+    with matplotlib.rc_context(_RC):
+        w = min(9.0, max(4.0, 0.12 * n_nodes + 2))
+        h = min(7.0, max(2.5, 0.12 * n_stages + 1.5))
+        fig, ax = _figure(w, h)
+        ax.imshow(matrix, cmap=cmap, vmin=-0.5, vmax=len(STATE_ORDER) - 0.5, aspect="auto",
+                  interpolation="nearest")
+        ax.set_xlabel("graph node (execution order)")
+        ax.set_ylabel("stage")
+        if n_nodes <= 40:
+            ax.set_xticks(range(n_nodes), [_short(lb, 18) for lb in node_labels], rotation=90,
+                          fontsize=6)
+        ax.set_title(title, loc="left")
+        used = sorted({s for row in states for s in row}, key=lambda s: index.get(s, 0))
+        ax.legend(handles=[Patch(facecolor=STATE_COLORS.get(s, "#fff"), edgecolor="#999",
+                                 label=s.replace("_", "-")) for s in used],
+                  fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _svg(fig)
