@@ -9,8 +9,6 @@ from __future__ import annotations
 import json
 import os
 import sys
-import tempfile
-from pathlib import Path
 from typing import Any
 
 import click
@@ -22,6 +20,7 @@ from rich.table import Table
 
 from costdb import __version__
 from costdb.errors import CostdbError
+from costdb.files import write_atomic
 from costdb.units import fmt_bytes, fmt_joules, fmt_seconds, parse_shape
 
 DEFAULT_DB = "costs.db"
@@ -346,23 +345,6 @@ def devices(inventory: str | None, check: bool) -> None:
 
 # --- query and export ------------------------------------------------------------------------
 
-def _write_atomic(path: str, write: Any) -> None:
-    """Write through a temp file in the same directory and rename: never a half-written file."""
-    target = Path(path)
-    if target.parent and not target.parent.exists():
-        raise CostdbError(f"cannot write {path}: directory {target.parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=target.parent or ".", prefix=f".{target.name}.", suffix=".tmp")
-    os.close(fd)
-    try:
-        write(tmp)
-        os.replace(tmp, target)
-    except PermissionError:
-        raise CostdbError(f"cannot write {path}: permission denied") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-
-
 def _emit_frame(df: Any, fmt: str, output: str | None, title: str = "") -> None:
     if fmt == "table":
         if output:
@@ -380,7 +362,7 @@ def _emit_frame(df: Any, fmt: str, output: str | None, title: str = "") -> None:
                "json": lambda p: df.to_json(p, orient="records", indent=1),
                "parquet": lambda p: df.to_parquet(p, index=False)}
     if output:
-        _write_atomic(output, writers[fmt])
+        write_atomic(output, writers[fmt])
         click.echo(f"wrote {len(df)} rows to {output}", err=True)
     elif fmt == "csv":
         click.echo(df.to_csv(index=False), nl=False)

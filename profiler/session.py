@@ -13,7 +13,6 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from costdb.database import Database, preflight
-from costdb.errors import CostdbError
 from costdb.records import Measurement
 from devices.catalog import DeviceProfile
 from devices.connect import connect, entry_for
@@ -76,6 +75,20 @@ def noise_warnings(facts: dict[str, Any]) -> list[str]:
     if isinstance(thr, dict) and thr.get("throttled_now"):
         out.append(f"the device reports throttling now ({thr.get('raw')}): cool it down first")
     return out
+
+
+def throttle_warnings(start: dict[str, Any], end: dict[str, Any] | None) -> list[str]:
+    """A Pi that throttled during the session (vcgencmd get_throttled read before and after)."""
+    a, b = start.get("throttled"), (end or {}).get("throttled")
+    if not isinstance(b, dict):
+        return []
+    before = (a or {}).get("since_boot") or {}
+    new = [k for k, v in (b.get("since_boot") or {}).items() if v and not before.get(k)]
+    if new or (b.get("throttled_now") and not (a or {}).get("throttled_now")):
+        what = ", ".join(new) or "throttled"
+        return [f"the device throttled during the session ({what}; get_throttled {b.get('raw')}): "
+                "timings of this session may be slow; cool the device and re-measure with --force"]
+    return []
 
 
 def _resolve_inventory(inventory: Inventory | str | None) -> Inventory:
@@ -168,6 +181,9 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
                 final = facts
                 with contextlib.suppress(Exception):
                     final = {**facts, "end": agent.hello().get("facts", {})} if entry.transport != "local" else facts
+                for w in throttle_warnings(facts, final.get("end")):
+                    result.warnings.append(w)
+                    warn(w)
                 db.update_session(sid, environment={**env, "facts": final})
                 db.finish_session(sid, status, result.warnings)
                 result.status = status

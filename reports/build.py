@@ -14,7 +14,6 @@ from __future__ import annotations
 import json
 import math
 import os
-import tempfile
 import time
 from collections import Counter
 from pathlib import Path
@@ -25,6 +24,7 @@ import pandas as pd
 from markupsafe import Markup, escape
 
 import costdb
+from costdb.files import write_text_atomic
 from costdb.errors import CostdbError
 from costdb.units import fmt_bytes, fmt_joules, fmt_seconds
 from reports import figures
@@ -775,19 +775,4 @@ def write_report(db_path: str | os.PathLike, output: str | os.PathLike = "report
                  all_devices: bool = False, node_rows: int = NODE_ROWS) -> Path:
     """Render and write atomically (temp file in the target directory, then rename)."""
     html = render_report(db_path, devices, model, all_devices, node_rows)
-    target = Path(output)
-    parent = target.parent if str(target.parent) else Path(".")
-    if not parent.is_dir():
-        raise CostdbError(f"cannot write {target}: directory {parent} does not exist")
-    fd, tmp = tempfile.mkstemp(dir=parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
-            f.write(html)
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, target)
-    except PermissionError:
-        raise CostdbError(f"cannot write {target}: permission denied") from None
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return target
+    return write_text_atomic(output, html)
