@@ -146,8 +146,11 @@ def cost_table(df: Any, title: str, top: int | None) -> Table:
             flags.append("not measured")
         prov = r.get("energy_provenance")
         energy = fmt_joules(r["energy_j"]) + (f" ({prov})" if isinstance(prov, str) else "")
+        rprov = r.get("runtime_provenance")
+        runtime = fmt_seconds(r["runtime_s"]) + (f" ({rprov})" if isinstance(rprov, str)
+                                                 and rprov != "measured" else "")
         t.add_row(escape(r["op"]), escape(r["phase"]), r.get("input", "") or "", str(r["uses"]),
-                  fmt_seconds(r["runtime_s"]), fmt_seconds(r["runtime_stdev_s"]),
+                  runtime, fmt_seconds(r["runtime_stdev_s"]),
                   "-" if r["runtime_cv"] != r["runtime_cv"] or r["runtime_cv"] is None
                   else f"{100 * r['runtime_cv']:.1f}%",
                   fmt_bytes(r["peak_memory_bytes"]), energy, " ".join(flags))
@@ -168,8 +171,9 @@ def _print_costs(db_path: str, device: str, model_key: str, top: int | None, con
                                         f"ops, {len(df)} graph nodes"), top))
     measured = df["status"].eq("ok")
     prov = ",".join(sorted(set(df["energy_provenance"].dropna()))) or "-"
+    rprov = ",".join(sorted(set(df["runtime_provenance"].dropna()))) or "-"
     console.print(f"Per iteration (sum over {int(measured.sum())}/{len(df)} nodes): runtime "
-                  f"{fmt_seconds(df['runtime_s'].sum())}, energy {fmt_joules(df['energy_j'].sum())} "
+                  f"{fmt_seconds(df['runtime_s'].sum())} ({rprov}), energy {fmt_joules(df['energy_j'].sum())} "
                   f"({prov}); parameters {fmt_bytes(graph.param_bytes)}, activations "
                   f"{fmt_bytes(graph.activation_bytes)}; unstable ops "
                   f"{int(df.drop_duplicates('signature')['unstable'].eq(True).sum())}")

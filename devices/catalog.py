@@ -170,6 +170,25 @@ _register(DeviceProfile(
              "flops_per_s": "POET chipsets.py M4F: 6.37 MFLOP/s measured"},
     description="Cortex-M4F over serial (C firmware agent)"))
 
+# Emulated boards: the same firmware on QEMU (devices/serial/qemu.py). Timings are QEMU -icount
+# instruction counts (provenance "emulated"); energy is modelled with the power figures of the
+# real board each one stands in for.
+_register(replace(
+    CATALOG["mkr1000"], name="qemu-m0", board="QEMU microbit (nRF51822, emulated)",
+    cpu="Cortex-M0", arch="armv6-m", clock_hz=16e6, ram_bytes=16 * 1024,
+    sources={**CATALOG["mkr1000"].sources,
+             "cpu/clock/ram": "QEMU 'microbit' machine: nRF51822 Cortex-M0, 16 MHz, 16 KB RAM",
+             "power": "modelled with the MKR1000 figures (POET chipsets.py: 20 mA x 3.3 V)"},
+    description="Emulated Cortex-M0 (QEMU microbit) over TCP serial; stands in for mkr1000"))
+
+_register(replace(
+    CATALOG["nrf52840"], name="qemu-m4f", board="QEMU mps2-an386 (emulated, RAM limited to 256 KB)",
+    cpu="Cortex-M4F", arch="armv7e-m", clock_hz=25e6, ram_bytes=256 * 1024,
+    sources={**CATALOG["nrf52840"].sources,
+             "cpu/clock/ram": "QEMU 'mps2-an386' machine: Cortex-M4 with FPU, 25 MHz; the firmware's linker script limits RAM to the nRF52840's 256 KB",
+             "power": "modelled with the nRF52840 figures (NRF52840-PS: 3.328 mA x 3.3 V)"},
+    description="Emulated Cortex-M4F (QEMU mps2-an386) over TCP serial; stands in for nrf52840"))
+
 
 def catalog() -> dict[str, DeviceProfile]:
     """All built-in profiles, ``local`` computed for this host."""

@@ -1,0 +1,127 @@
+/* Instantiates kernels_tmpl.h for float32 and int8, plus cross-entropy and SGD. */
+#include <math.h>
+#include "kernels.h"
+#include "ce_lut.h"
+
+/* ---- float32 ---- */
+#define T float
+#define ACC float
+#define BT float
+#define SUF f32
+#define STORE(acc) (acc)
+#define SATADD(a, b) ((a) + (b))
+#define LOWEST (-INFINITY)
+#define AVG(acc, count) ((acc) / (float)(count))
+#define SIX(k) 6.0f
+#include "kernels_tmpl.h"
+#undef T
+#undef ACC
+#undef BT
+#undef SUF
+#undef STORE
+#undef SATADD
+#undef LOWEST
+#undef AVG
+#undef SIX
+
+/* ---- int8 ---- */
+#define T int8_t
+#define ACC int32_t
+#define BT int32_t
+#define SUF s8
+#define STORE(acc) sat8(requant((acc), k->qmult, k->qshift))
+#define SATADD(a, b) sat8((int32_t)(a) + (int32_t)(b))
+#define LOWEST (-128)
+#define AVG(acc, count) sat8(round_div((acc), (count)))
+#define SIX(k) ((int8_t)k->p[1])
+#include "kernels_tmpl.h"
+
+NOINLINE void ce_fwd_f32(const struct kparams *k, const float *x, const int32_t *t, float *loss)
+{
+    const int N = k->p[0], K = k->p[1];
+    float total = 0.0f;
+    for (int n = 0; n < N; n++) {
+        const float *r = x + n * K;
+        float m = r[0];
+        for (int i = 1; i < K; i++) if (r[i] > m) m = r[i];
+        float s = 0.0f;
+        for (int i = 0; i < K; i++) s += expf(r[i] - m);
+        total += m + logf(s) - r[t[n]];
+    }
+    loss[0] = total / (float)N;
+}
+
+NOINLINE void ce_bwd_f32(const struct kparams *k, const float *x, const int32_t *t, float *dx)
+{
+    const int N = k->p[0], K = k->p[1];
+    for (int n = 0; n < N; n++) {
+        const float *r = x + n * K;
+        float m = r[0];
+        for (int i = 1; i < K; i++) if (r[i] > m) m = r[i];
+        float s = 0.0f;
+        for (int i = 0; i < K; i++) s += expf(r[i] - m);
+        for (int i = 0; i < K; i++)
+            dx[n * K + i] = (expf(r[i] - m) / s - (i == t[n] ? 1.0f : 0.0f)) / (float)N;
+    }
+}
+
+/* int8 softmax in Q15 from the exp table: p[i] = (lut[max - x_i] << 15) / sum (floor). */
+static uint32_t softmax_q15(const int8_t *r, int K, int i, uint32_t *sum_out, int8_t *max_out,
+                            int compute)
+{
+    if (compute) {
+        int8_t m = r[0];
+        for (int j = 1; j < K; j++) if (r[j] > m) m = r[j];
+        uint32_t s = 0;
+        for (int j = 0; j < K; j++) s += CE_EXP_LUT[m - r[j]];
+        *sum_out = s;
+        *max_out = m;
+    }
+    return (CE_EXP_LUT[*max_out - r[i]] << 15) / *sum_out;
+}
+
+NOINLINE void ce_fwd_s8(const struct kparams *k, const int8_t *x, const int32_t *t, int32_t *loss)
+{
+    const int N = k->p[0], K = k->p[1];
+    for (int n = 0; n < N; n++) {
+        uint32_t s;
+        int8_t m;
+        uint32_t p = softmax_q15(x + n * K, K, t[n], &s, &m, 1);
+        loss[n] = CE_NLL_LUT[p >> 7];
+    }
+}
+
+NOINLINE void ce_bwd_s8(const struct kparams *k, const int8_t *x, const int32_t *t, int8_t *dx)
+{
+    const int N = k->p[0], K = k->p[1];
+    for (int n = 0; n < N; n++) {
+        uint32_t s;
+        int8_t m;
+        for (int i = 0; i < K; i++) {
+            int32_t p = (int32_t)softmax_q15(x + n * K, K, i, &s, &m, i == 0);
+            int32_t num = p - (i == t[n] ? 32768 : 0);
+            dx[n * K + i] = sat8(round_div(num, 256 * N));
+        }
+    }
+}
+
+NOINLINE void sgd_f32(const struct kparams *k, float *p, const float *g, float *v)
+{
+    const float lr = k->f[0], mom = k->f[1];
+    if (v) {
+        for (int i = 0; i < k->p[0]; i++) {
+            v[i] = mom * v[i] + g[i];
+            p[i] -= lr * v[i];
+        }
+    } else {
+        for (int i = 0; i < k->p[0]; i++) p[i] -= lr * g[i];
+    }
+}
+
+/* int8 SGD: p = sat8(p - requant(g)), the learning rate folded into (qmult, qshift). */
+NOINLINE void sgd_s8(const struct kparams *k, int8_t *p, const int8_t *g, int8_t *v)
+{
+    (void)v;
+    for (int i = 0; i < k->p[0]; i++)
+        p[i] = sat8((int32_t)p[i] - requant((int32_t)g[i], k->qmult, k->qshift));
+}

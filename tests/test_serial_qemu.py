@@ -1,0 +1,169 @@
+"""The serial transport against the real firmware on QEMU: handshake, protocol-version refusal,
+ops that do not fit, garbage on the line, corrupted replies, and QEMU dying mid-profile."""
+from __future__ import annotations
+
+import os
+import threading
+import time
+
+import pytest
+
+from costdb.errors import CostdbError
+from devices.serial import protocol as P
+from devices.serial.build import build_firmware
+from devices.serial.ops import K, needed_bytes, spec_to_request
+from devices.serial.protocol import RunRequest
+from devices.serial.qemu import QemuBoard, start_qemu_board
+from devices.serial.transport import ProtocolVersionError, SerialLinkError, open_serial_agent
+from profiler.zoo import model_graph
+from serial_fixtures import (CorruptingProxy, board_agent, m0_agent, m4f_agent,  # noqa: F401
+                             qemu_boards)
+
+FACT_KEYS = {"board", "cpu", "clock_hz", "ram_bytes", "arena_bytes", "firmware_version",
+             "protocol"}
+
+
+def test_handshake_reports_board_facts(board_agent):
+    hello = board_agent.hello()
+    facts = hello["facts"]
+    assert FACT_KEYS <= set(facts)
+    assert facts["board"] == board_agent.board and facts["protocol"] == P.PROTOCOL_VERSION
+    assert facts["arena_bytes"] < facts["ram_bytes"]
+    assert board_agent.runtime_provenance == "emulated"
+    assert board_agent.idle_power_w(0.1) is None
+
+
+def test_start_qemu_board_interface():
+    with start_qemu_board("qemu-m4f") as url:
+        agent = open_serial_agent(url, baud=115200, board="qemu-m4f", emulated=True)
+        agent.hello()
+        spec = model_graph("tinycnn").distinct_specs()[0]
+        res = agent.measure(spec, settings={"samples": 5, "warmups": 1})
+        agent.close()
+    assert res["status"] == "ok" and res["runtime_provenance"] == "emulated"
+    assert res["runtime"]["samples"] == 5 and res["cycles"]["median"] > 0
+    assert res["runtime"]["median"] == pytest.approx(res["cycles"]["median"] / 25e6)
+    assert res["peak_memory_bytes"] == needed_bytes(spec_to_request(spec))
+    assert res["output_bytes"] == 8 * 16 * 16 * 4 and res["stack_bytes"] > 0
+
+
+def test_protocol_version_mismatch_is_refused_clearly():
+    elf = build_firmware("qemu-m4f", protocol_version=99)
+    with QemuBoard("qemu-m4f", elf=elf) as q:
+        agent = open_serial_agent(q.url, board="qemu-m4f", emulated=True)
+        with pytest.raises(ProtocolVersionError) as err:
+            agent.hello()
+        agent.close()
+    msg = str(err.value)
+    assert "protocol 99" in msg and f"speaks {P.PROTOCOL_VERSION}" in msg and "\n" not in msg
+    assert isinstance(err.value, CostdbError)
+
+
+def test_op_too_big_is_recorded_as_not_fitting(m0_agent):
+    spec = {"op": "conv2d", "phase": "fwd", "dtype": "float32", "inputs": [[1, 16, 32, 32]],
+            "params": {"weight": [32, 16, 3, 3], "bias": [32]},
+            "attrs": {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1},
+            "signature": "big"}
+    t0 = time.monotonic()
+    res = m0_agent.measure(spec, {"samples": 3})
+    assert time.monotonic() - t0 < 5
+    assert res["status"] == "does_not_fit"
+    assert res["needed_bytes"] == needed_bytes(spec_to_request(spec)) > 13824
+    assert str(res["needed_bytes"]) in res["error"]
+    # absurd shapes (more than 4 GiB) too: no overflow, no crash
+    huge = dict(spec, inputs=[[64, 512, 512, 512]])
+    assert m0_agent.measure(huge, {})["status"] == "does_not_fit"
+    # and the board is still fine
+    small = model_graph("tinycnn").distinct_specs()[6]
+    assert m0_agent.measure(small, {"samples": 2})["status"] == "ok"
+
+
+def test_unsupported_and_malformed_ops(m4f_agent):
+    bn = {"op": "batch_norm", "phase": "fwd", "dtype": "float32", "inputs": [[1, 8, 4, 4]],
+          "params": {"weight": [8], "bias": [8]}, "attrs": {}}
+    res = m4f_agent.measure(bn, {})
+    assert res["status"] == "unsupported" and "batch_norm" in res["error"]
+    res = m4f_agent.measure(dict(bn, op="conv2d", params={}), {})
+    assert res["status"] == "error"
+    fp16 = dict(bn, op="relu", dtype="float16")
+    assert m4f_agent.measure(fp16, {})["status"] == "unsupported"
+    # a shape the firmware rejects (kernel larger than the padded input)
+    bad = RunRequest(K["conv_fwd"], "float32", [1, 1, 2, 2, 1, 5, 5, 1, 1, 0, 0, 1])
+    assert m4f_agent.run(bad)[0]["status"] == "error"
+
+
+def test_garbage_on_the_line_then_resync(m4f_agent):
+    rnd = os.urandom(2000)
+    half_frame = P.encode_frame(P.T_RUN, 9, RunRequest(K["relu_fwd"], "int8", [10]).pack())[:30]
+    m4f_agent._write(rnd + half_frame + b"%%name%xx" + b"\xa5\x5a" + rnd[:50])
+    time.sleep(0.2)
+    m4f_agent.sync()
+    spec = model_graph("tinycnn").distinct_specs()[1]
+    assert m4f_agent.measure(spec, {"samples": 2})["status"] == "ok"
+
+
+def test_corrupted_reply_is_retried(qemu_boards):
+    with QemuBoard("qemu-m4f") as q:
+        proxy = CorruptingProxy(q.port)
+        agent = open_serial_agent(proxy.url, board="qemu-m4f", emulated=True)
+        agent.hello()
+        spec = model_graph("tinycnn").distinct_specs()[6]
+        clean = agent.measure(spec, {"samples": 2})
+        proxy.corrupt_next = 1
+        res = agent.measure(spec, {"samples": 2})
+        agent.close()
+        proxy.close()
+    assert proxy.corrupted == 1 and agent.retried >= 1 and agent.parser.stats.crc_errors >= 1
+    assert res["status"] == "ok" and res["cycles"]["median"] == pytest.approx(
+        clean["cycles"]["median"], abs=2)
+
+
+def test_qemu_killed_mid_profile_then_resume_on_a_new_qemu():
+    specs = model_graph("tinycnn").distinct_specs()
+    done: dict[str, dict] = {}
+    big = RunRequest(K["conv_fwd"], "float32", [1, 16, 24, 24, 32, 3, 3, 1, 1, 1, 1, 1],
+                     samples=64, warmups=0)
+    with QemuBoard("qemu-m0") as q:
+        agent = open_serial_agent(q.url, board="qemu-m0", emulated=True, timeout=30)
+        agent.hello()
+        for spec in specs[:5]:
+            done[spec["signature"]] = agent.measure(spec, {"samples": 2})
+        big.p = [1, 4, 12, 12, 8, 3, 3, 1, 1, 1, 1, 1]        # fits m0, runs for seconds
+        threading.Timer(0.5, q.kill).start()
+        t0 = time.monotonic()
+        with pytest.raises(SerialLinkError) as err:
+            agent.run(big)
+        assert time.monotonic() - t0 < 10
+        assert "\n" not in str(err.value)
+        agent.close()
+    with start_qemu_board("qemu-m0") as url:          # a new QEMU; the host resumes
+        agent = open_serial_agent(url, board="qemu-m0", emulated=True)
+        agent.hello()
+        for spec in specs:
+            if spec["signature"] not in done:
+                done[spec["signature"]] = agent.measure(spec, {"samples": 2})
+        agent.close()
+    assert list(done) == [s["signature"] for s in specs]      # nothing lost or duplicated
+    assert {r["status"] for r in done.values()} <= {"ok", "does_not_fit"}
+
+
+def test_profile_tinycnn_on_both_boards(board_agent):
+    """Every distinct training op of tinycnn gets a row: measured (emulated) or not fitting."""
+    rows = [board_agent.measure(s, {"samples": 3}) for s in model_graph("tinycnn").distinct_specs()]
+    assert all(r["status"] in ("ok", "does_not_fit") for r in rows)
+    ok = [r for r in rows if r["status"] == "ok"]
+    assert len(ok) >= len(rows) // 2
+    for r in ok:
+        assert r["runtime_provenance"] == "emulated" and r["runtime"]["median"] > 0
+        assert r["peak_memory_bytes"] <= board_agent.facts["arena_bytes"]
+    for r in rows:
+        if r["status"] == "does_not_fit":
+            assert r["needed_bytes"] > board_agent.facts["arena_bytes"]
+    if board_agent.board == "qemu-m4f":
+        assert len(ok) == len(rows)
+
+
+def test_unknown_port_fails_with_one_line():
+    with pytest.raises(SerialLinkError) as err:
+        open_serial_agent("/dev/ttyDOESNOTEXIST", board="nrf52840")
+    assert "ttyDOESNOTEXIST" in str(err.value)
