@@ -37,9 +37,18 @@ def check_reachable(name: str, inventory: Inventory, timeout: float = 3.0) -> tu
         try:
             with socket.create_connection((host, port), timeout=timeout) as s:
                 banner = s.recv(64).decode("ascii", "replace").strip()
-            return True, f"{host}:{port} {banner}"
         except OSError as e:
             return False, f"{host}:{port} {e.strerror or e}"
+        # the port answers: log in for real (host key verified, key accepted), run nothing
+        try:
+            from devices.ssh import SshSession, resolve_target
+            target = resolve_target(entry.name, dict(entry.connection), {"timeout": timeout})
+            SshSession(target).close()
+        except CostdbError as e:
+            return False, str(e).split(": ", 1)[-1]
+        except Exception as e:  # never raise from a check
+            return False, f"{host}:{port} {banner}: {type(e).__name__}: {e}"
+        return True, f"{host}:{port} {banner}, host key verified, login ok"
     if entry.connection.get("qemu"):
         exe = shutil.which("qemu-system-arm")
         return (True, exe) if exe else (False, "qemu-system-arm not installed")

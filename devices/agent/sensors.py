@@ -69,6 +69,7 @@ class RaplCounter(object):
 
     def stop(self):
         end = self.read_uj()
+        self.last_window_s = time.perf_counter() - self._t0
         total = 0
         for (path, max_range, _), b, a in zip(self.domains, self._start, end):
             total += self.delta_uj(b, a, max_range)
@@ -133,6 +134,7 @@ class PowerSampler(object):
             pass
         with self._lock:
             samples = list(self._samples)
+        self.last_window_s = t1 - self._t0
         return integrate(samples, self._t0, t1)
 
 

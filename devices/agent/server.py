@@ -1,6 +1,7 @@
 """The request loop behind ``__main__``: one JSON line in, one JSON line out."""
 import argparse
 import json
+import os
 import sys
 import traceback
 
@@ -39,7 +40,7 @@ def serve(argv):
                 facts = sysinfo.collect(args.sysfs_root)
                 facts["energy_sensor"] = getattr(meter, "name", None)
                 _reply({"ok": True, "agent_version": AGENT_VERSION,
-                        "protocol": PROTOCOL_VERSION, "facts": facts})
+                        "protocol": PROTOCOL_VERSION, "facts": facts, "pid": os.getpid()})
             elif cmd == "facts":
                 _reply({"ok": True, "facts": sysinfo.collect(args.sysfs_root)})
             elif cmd == "idle":
