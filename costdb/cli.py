@@ -197,6 +197,9 @@ def _print_costs(db_path: str, device: str, model_key: str, top: int | None, con
               help="Timing samples per op.")
 @click.option("--min-sample-time", type=click.FloatRange(min=1e-4), default=0.01, show_default=True,
               help="Seconds one sample lasts at least (inner loop is calibrated to it).")
+@click.option("--cache", type=click.Choice(["cold", "warm"]), default="cold", show_default=True,
+              help="cold: evict the CPU caches before every timed call, as the other ops of a "
+                   "training iteration do; warm: classic hot inner loop.")
 @click.option("--iteration/--no-iteration", default=True, show_default=True,
               help="Also time a whole training iteration (local device, zoo models).")
 @click.option("--top", type=click.IntRange(min=0), default=30, show_default=True,
@@ -209,7 +212,7 @@ def _print_costs(db_path: str, device: str, model_key: str, top: int | None, con
                    "(a changed key is always refused).")
 def profile(devices: tuple[str, ...], model: str, batch: int | None, input_shape: str | None,
             dtype: str, db_path: str, inventory: str | None, force: bool, cpus: str | None,
-            threads: int | None, samples: int, min_sample_time: float, iteration: bool, top: int,
+            threads: int | None, samples: int, min_sample_time: float, cache: str, iteration: bool, top: int,
             quiet: bool, all_devices: bool, accept_new_host_key: bool) -> None:
     """Measure every distinct training op of MODEL on DEVICE and store the costs.
 
@@ -221,7 +224,7 @@ def profile(devices: tuple[str, ...], model: str, batch: int | None, input_shape
     cpu_list = _parse_cpus(cpus)
     out = _console()
     err = _console(err=True)
-    settings = {"samples": samples, "min_sample_time": min_sample_time}
+    settings = {"samples": samples, "min_sample_time": min_sample_time, "cache": cache}
     warn = lambda w: err.print(f"[yellow]Warning:[/] {escape(w)}")  # noqa: E731
     connect_options = {"accept_new_host_key": accept_new_host_key, "on_warning": warn}
     if all_devices:

@@ -108,3 +108,26 @@ def test_summary_statistics_match_numpy(samples):
         assert s["stdev"] == pytest.approx(np.std(a, ddof=1), rel=1e-6, abs=1e-15)
         assert s["cv"] == pytest.approx(np.std(a, ddof=1) / a.mean(), rel=1e-6, abs=1e-12)
     assert math.isfinite(s["cv"]) and s["cv"] >= 0
+
+
+def test_cold_and_warm_cache_modes():
+    spec = model_graph("mlp", batch=2).nodes[0].spec()
+    cold = measure_op(spec, {**FAST, "cache": "cold", "max_cold_calls": 4, "evict_bytes": 1 << 20})
+    warm = measure_op(spec, {**FAST, "cache": "warm"})
+    assert cold["cache"] == "cold" and 1 <= cold["inner_loops"] <= 4
+    assert warm["cache"] == "warm" and warm["inner_loops"] >= 1
+    assert cold["runtime"]["median"] > 0 and warm["runtime"]["median"] > 0
+
+
+def test_cache_sizes_from_a_fake_sysfs_tree(tmp_path):
+    from devices.agent import measure, sysinfo
+    for i, (level, kind, size) in enumerate([("1", "Data", "32K"), ("1", "Instruction", "48K"),
+                                             ("2", "Unified", "1024K"), ("3", "Unified", "8M")]):
+        d = tmp_path / f"sys/devices/system/cpu/cpu0/cache/index{i}"
+        d.mkdir(parents=True)
+        (d / "level").write_text(level + "\n")
+        (d / "type").write_text(kind + "\n")
+        (d / "size").write_text(size + "\n")
+    assert sysinfo.cache_sizes(str(tmp_path)) == {"L1d": 32 << 10, "L1i": 48 << 10, "L2": 1 << 20, "L3": 8 << 20}
+    assert measure.default_evict_bytes(str(tmp_path)) == 2 << 20
+    assert measure.default_evict_bytes(str(tmp_path / "none")) == 8 << 20

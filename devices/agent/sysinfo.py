@@ -70,6 +70,23 @@ def temperatures_c(root="/"):
     return temps
 
 
+def cache_sizes(root="/"):
+    """CPU cache sizes in bytes by level ("L1d", "L2", "L3"...) as cpu0 sees them."""
+    out = {}
+    for d in sorted(glob.glob(os.path.join(root, "sys/devices/system/cpu/cpu0/cache/index*"))):
+        rel = os.path.relpath(d, root)
+        level, ctype, size = (_read(root, rel + "/" + k) for k in ("level", "type", "size"))
+        if not level or not size:
+            continue
+        mult = {"K": 1024, "M": 1024 * 1024, "G": 1024 ** 3}.get(size[-1:].upper(), 1)
+        value = _int(size.rstrip("KMGkmg"))
+        if value is None:
+            continue
+        name = "L" + level + ({"Data": "d", "Instruction": "i"}.get(ctype, ""))
+        out[name] = value * mult
+    return out
+
+
 def loadavg():
     try:
         return list(os.getloadavg())
@@ -131,6 +148,7 @@ def collect(root="/"):
         "python": platform.python_version(),
         "python_executable": sys.executable,
         "affinity": affinity(),
+        "caches": cache_sizes(root),
         "loadavg": loadavg(),
     }
     facts.update(torch_facts())
