@@ -1,0 +1,124 @@
+"""Click commands ``costdb solve`` and ``costdb pareto`` (registered by ``costdb.cli``). Thin:
+option parsing and printing only; the work is in ``solver.commands``. Heavy imports are lazy so
+``costdb --help`` stays fast."""
+from __future__ import annotations
+
+import os
+
+import click
+
+MODES = ("integrated", "remat", "paging")
+_db = click.option("--db", "db_path", default=lambda: os.environ.get("COSTDB_DB", "costs.db"),
+                   show_default="costs.db or $COSTDB_DB", type=click.Path(dir_okay=False),
+                   help="SQLite cost database file (created if missing).")
+
+
+def _common(f):
+    opts = [
+        click.option("--device", default=None, help="Device name (catalog or inventory)."),
+        click.option("--model", default=None, help="Zoo model or stored model key."),
+        click.option("--graph", default=None, type=click.Path(dir_okay=False, exists=True),
+                     help="Solve a training DAG in the JSON graph format instead (docs/solver.md)."),
+        click.option("--batch", type=click.IntRange(min=1), default=None),
+        click.option("--input", "input_shape", default=None, metavar="CxHxW"),
+        click.option("--granularity", type=click.Choice(["layer", "op"]), default="layer",
+                     show_default=True, help="layer: POET's one forward + one backward node per layer."),
+        click.option("--mode", type=click.Choice(MODES), default="integrated", show_default=True,
+                     help="integrated remat+paging, remat-only (Checkmate) or paging-only."),
+        click.option("--solver", type=click.Choice(["highs", "cbc"]), default="highs", show_default=True),
+        click.option("--time-limit", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+                     help="Seconds per MILP."),
+        click.option("--gap", type=click.FloatRange(min=0.0), default=1e-4, show_default=True,
+                     help="Relative optimality gap at which to stop."),
+        click.option("--compat", is_flag=True,
+                     help="Published POET formulation: activations only, paging outside the deadline."),
+        click.option("--overlap", is_flag=True, help="Paging overlaps compute (DMA)."),
+        click.option("--method", type=click.Choice(["milp", "lp_round"]), default="milp",
+                     show_default=True, help="Exact MILP or LP relaxation + rounding (fast)."),
+        click.option("--inventory", type=click.Path(dir_okay=False), default=None,
+                     help="Inventory TOML for user-defined devices."),
+        _db,
+    ]
+    for o in reversed(opts):
+        f = o(f)
+    return f
+
+
+def _inventory(path):
+    if not path:
+        return None
+    from devices.inventory import load
+    return load(path, required=True)
+
+
+@click.command()
+@_common
+@click.option("--memory", default=None, help="RAM budget, e.g. 256MiB or 1.5GB.")
+@click.option("--deadline", default=None, help="Runtime limit, e.g. 2s or 150ms.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="Solver threads.")
+@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
+              help="Write the schedule as JSON.")
+@click.option("--binary", "binary_output", default=None, type=click.Path(dir_okay=False),
+              help="Write the compact binary schedule (what a device receives).")
+def solve(device, model, graph, batch, input_shape, granularity, mode, solver, time_limit, gap,
+          compat, overlap, method, inventory, db_path, memory, deadline, threads, output,
+          binary_output):
+    """Energy-optimal training schedule (rematerialization + paging) under a RAM budget and a
+    deadline; validated by the simulator, stored in the schedules table.
+
+    \b
+      costdb solve --device rpi4b --model resnet18 --memory 256MiB --deadline 2s
+      costdb solve --graph mygraph.json --memory 64KiB --mode remat
+    """
+    from solver.commands import run_solve, summary_lines
+    res, inst, sid = run_solve(db_path, device, model, graph, memory, deadline, mode, solver,
+                               time_limit, gap, threads, compat, overlap, method, batch,
+                               input_shape, granularity, output, binary_output,
+                               inventory=_inventory(inventory))
+    for line in summary_lines(res, inst, sid):
+        click.echo(line)
+    if output:
+        click.echo(f"wrote {output}")
+    if binary_output:
+        click.echo(f"wrote {binary_output}")
+
+
+@click.command()
+@_common
+@click.option("--budgets", default=None, help="Comma-separated RAM budgets (default: --points "
+                                               "from the minimum to the no-savings peak).")
+@click.option("--points", "n_budgets", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--deadlines", default=None, help="Comma-separated deadlines, 'none' for no limit.")
+@click.option("--executor", type=click.Choice(["process", "dask", "serial"]), default="process",
+              show_default=True, help="Where sweep points run.")
+@click.option("--workers", type=click.IntRange(min=1), default=None,
+              help="Worker processes (default: the cores of this machine).")
+@click.option("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786 "
+                                                "(default with --executor dask: a local cluster).")
+def pareto(device, model, graph, batch, input_shape, granularity, mode, solver, time_limit, gap,
+           compat, overlap, method, inventory, db_path, budgets, n_budgets, deadlines, executor,
+           workers, scheduler):
+    """Sweep RAM budgets x deadlines, store every point and mark the non-dominated set
+    (energy, runtime, peak memory).
+
+    \b
+      costdb pareto --device rpi4b --model resnet18 --budgets 92MB,93MB --deadlines 1s,2s
+    """
+    from costdb.units import fmt_bytes, fmt_joules, fmt_seconds
+    from solver.commands import run_pareto
+
+    def progress(done, total):
+        click.echo(f"\r{done}/{total} points", nl=done == total, err=True)
+
+    out, inst = run_pareto(db_path, device, model, graph, budgets, deadlines, n_budgets, mode,
+                           solver, time_limit, gap, compat, overlap, method, executor, workers,
+                           scheduler, batch, input_shape, granularity, progress,
+                           inventory=_inventory(inventory))
+    click.echo(f"sweep #{out.sweep_id}: {inst.name} on {inst.device or '-'}, {mode}, "
+               f"{len(out.results)} points, {sum(out.pareto)} Pareto")
+    click.echo(f"{'budget':>11} {'deadline':>9} {'status':>10} {'energy':>10} {'runtime':>9} "
+               f"{'peak':>10}  pareto  schedule")
+    for r, p, sid in zip(out.results, out.pareto, out.schedule_ids):
+        click.echo(f"{fmt_bytes(r.budget_bytes):>11} {fmt_seconds(r.deadline_s):>9} {r.status:>10} "
+                   f"{fmt_joules(r.energy_j):>10} {fmt_seconds(r.runtime_s):>9} "
+                   f"{fmt_bytes(r.peak_memory_bytes):>10}  {'*' if p else ' ':^6}  {sid or '-'}")

@@ -1,0 +1,134 @@
+"""What ``costdb solve`` and ``costdb pareto`` do, as plain functions (the CLI is a thin layer).
+
+Both read the instance from the database (measured costs, the rest modelled) or from a JSON graph
+file, solve / sweep, validate every schedule with the simulator, store it and return a summary.
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any, Callable
+
+from costdb.errors import CostdbError
+from costdb.units import fmt_bytes, fmt_joules, fmt_seconds, parse_duration, parse_shape, parse_size
+from solver.problem import Instance, instance_from_db, load_graph_json
+from solver.solve import InfeasibleError, SolveResult, solve
+
+
+def load_instance(db: Any, device: str | None, model: str | None, graph: str | None,
+                  batch: int | None = None, input_shape: str | None = None,
+                  granularity: str = "layer", inventory: Any = None) -> Instance:
+    if graph:
+        if model:
+            raise CostdbError("give either --model or --graph, not both")
+        inst = load_graph_json(graph)
+        if device:
+            from dataclasses import replace
+            inst = replace(inst, device=device)
+        return inst
+    if not model or not device:
+        raise CostdbError("give --device and --model (or --graph file.json)")
+    shape = parse_shape(input_shape) if input_shape else None
+    return instance_from_db(db, device, model, batch, shape, granularity, inventory)
+
+
+def _parse_budget(memory: str | None) -> int | None:
+    return parse_size(memory) if memory else None
+
+
+def _parse_deadline(deadline: str | None) -> float | None:
+    return parse_duration(deadline) if deadline else None
+
+
+def run_solve(db_path: str, device: str | None = None, model: str | None = None,
+              graph: str | None = None, memory: str | None = None, deadline: str | None = None,
+              mode: str = "integrated", solver: str = "highs", time_limit: float = 60.0,
+              gap: float = 1e-4, threads: int | None = None, compat: bool = False,
+              overlap: bool = False, method: str = "milp", batch: int | None = None,
+              input_shape: str | None = None, granularity: str = "layer",
+              output: str | None = None, binary_output: str | None = None,
+              store: bool = True, inventory: Any = None) -> tuple[SolveResult, Instance, int | None]:
+    """Solve one instance; store it (validated) and write the schedule files. Raises
+    ``InfeasibleError`` (a CostdbError) with the minimum budget / fastest runtime when infeasible."""
+    import costdb
+    budget = _parse_budget(memory)
+    dl = _parse_deadline(deadline)
+    with costdb.open(db_path, create=True) as db:
+        inst = load_instance(db, device, model, graph, batch, input_shape, granularity, inventory)
+        res = solve(inst, budget=budget, deadline=dl, mode=mode, solver=solver,
+                    time_limit=time_limit, gap=gap, threads=threads, compat=compat,
+                    overlap=overlap, method=method)
+        sid = None
+        if store:
+            from solver.store import save_schedule
+            sid = save_schedule(db, inst, res)
+    if res.status == "infeasible":
+        raise InfeasibleError(res.message)
+    if res.schedule is None:
+        raise CostdbError(f"no schedule: {res.message or res.status}; raise --time-limit or use "
+                          "--method lp_round")
+    names = [n.name for n in inst.nodes]
+    if output:
+        Path(output).write_text(res.schedule.to_json(names, indent=1))
+    if binary_output:
+        Path(binary_output).write_bytes(res.schedule.to_bytes())
+    return res, inst, sid
+
+
+def summary_lines(res: SolveResult, inst: Instance, sid: int | None) -> list[str]:
+    sim = res.sim
+    c = res.schedule.counts() if res.schedule else {}
+    lines = [
+        f"{inst.name} on {inst.device or '-'}: {res.mode}{' (compat)' if res.compat else ''}"
+        f"{' overlap' if res.overlap else ''}, {res.n_nodes} nodes, costs {res.cost_provenance}",
+        f"status {res.status} ({res.method}, {res.solver}); solve {res.solve_time_s:.2f} s, "
+        f"{res.n_variables} variables, {res.n_constraints} constraints"
+        + (f", gap {res.gap:.3%}" if res.gap is not None else ""),
+        f"budget {fmt_bytes(res.budget_bytes) if res.budget_bytes else 'none'}, "
+        f"deadline {fmt_seconds(res.deadline_s) if res.deadline_s else 'none'}",
+    ]
+    if sim:
+        lines += [
+            f"energy {fmt_joules(sim.energy_j)} (compute {fmt_joules(sim.compute_energy_j)}, page-in "
+            f"{fmt_joules(sim.pagein_energy_j)}, page-out {fmt_joules(sim.pageout_energy_j)})"
+            + (f", bound {fmt_joules(res.bound_energy_j)}" if res.bound_energy_j is not None else ""),
+            f"runtime {fmt_seconds(sim.runtime_s)}, peak memory {fmt_bytes(sim.peak_memory_bytes)} "
+            f"({sim.peak_memory_bytes} B)",
+            f"{c.get('recomputes', 0)} recomputations, {c.get('pageins', 0)} page-ins, "
+            f"{c.get('pageouts', 0)} page-outs; encoded schedule {len(res.schedule.to_bytes())} B",
+        ]
+        if res.heuristic_energy_j is not None:
+            lines.append(f"best heuristic ({res.heuristic}): {fmt_joules(res.heuristic_energy_j)}")
+    if sid is not None:
+        lines.append(f"stored as schedule #{sid}")
+    if res.message:
+        lines.append(res.message)
+    return lines
+
+
+def run_pareto(db_path: str, device: str | None = None, model: str | None = None,
+               graph: str | None = None, budgets: str | None = None, deadlines: str | None = None,
+               n_budgets: int = 5, mode: str = "integrated", solver: str = "highs",
+               time_limit: float = 60.0, gap: float = 1e-4, compat: bool = False,
+               overlap: bool = False, method: str = "milp", executor: str = "process",
+               workers: int | None = None, scheduler: str | None = None, batch: int | None = None,
+               input_shape: str | None = None, granularity: str = "layer",
+               progress: Callable[[int, int], None] | None = None, inventory: Any = None):
+    """Sweep budgets x deadlines and store the points (with the non-dominated set marked)."""
+    import costdb
+    from solver.pareto import default_budgets, sweep
+    if executor == "dask" and not scheduler:
+        scheduler = None   # a LocalCluster on this machine
+    with costdb.open(db_path, create=True) as db:
+        inst = load_instance(db, device, model, graph, batch, input_shape, granularity, inventory)
+        b = [parse_size(x) for x in _split(budgets)] if budgets else \
+            default_budgets(inst, n_budgets, mode, compat)
+        d = [None if x.lower() in ("none", "-") else parse_duration(x) for x in _split(deadlines)] \
+            if deadlines else [None]
+        out = sweep(inst, b, d, db=db, executor=executor, workers=workers, scheduler=scheduler,
+                    progress=progress, mode=mode, solver=solver, time_limit=time_limit, gap=gap,
+                    compat=compat, overlap=overlap, method=method, threads=1)
+    return out, inst
+
+
+def _split(text: str) -> list[str]:
+    return [x.strip() for x in text.split(",") if x.strip()]

@@ -1,0 +1,375 @@
+"""Solve an instance: heuristics, presolved MILP, validation by the simulator, solver record.
+
+``solve(inst, budget=..., deadline=..., mode="integrated")`` returns a :class:`SolveResult` whose
+schedule has been replayed by :func:`solver.simulate.simulate`; a disagreement between the MILP
+and the replay raises :class:`SolverBug` (never silently stored).
+"""
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+from costdb.errors import CostdbError
+from solver.baselines import heuristic_candidates, page_everything
+from solver.milp import SOLVERS, Formulation, Options, run_solver
+from solver.problem import Instance, compat_instance
+from solver.schedule import Schedule
+from solver.simulate import ScheduleError, SimResult, simulate
+
+STATUSES = ("optimal", "feasible", "infeasible", "time_limit", "error")
+#: graphs at least this large also get an LP-relaxation-and-rounding warm start
+LP_ROUND_WARM_MIN_NODES = 40
+
+
+class SolverBug(RuntimeError):
+    """The solver's answer disagrees with the independent simulator."""
+
+
+class InfeasibleError(CostdbError):
+    """No schedule meets the budget and deadline; the message gives the limits that would."""
+
+
+@dataclass
+class SolveResult:
+    status: str
+    mode: str
+    solver: str
+    budget_bytes: int | None
+    deadline_s: float | None
+    schedule: Schedule | None = None
+    sim: SimResult | None = None
+    objective_energy_j: float | None = None
+    bound_energy_j: float | None = None
+    gap: float | None = None
+    solve_time_s: float = 0.0
+    build_time_s: float = 0.0
+    n_variables: int = 0
+    n_constraints: int = 0
+    n_nodes: int = 0
+    compat: bool = False
+    overlap: bool = False
+    method: str = "milp"
+    heuristic: str | None = None
+    heuristic_energy_j: float | None = None
+    warm_start: bool = False
+    message: str = ""
+    cost_provenance: str = ""
+    memory_unit_bytes: int = 1
+    options: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def feasible(self) -> bool:
+        return self.schedule is not None and self.status in ("optimal", "feasible")
+
+    @property
+    def energy_j(self) -> float | None:
+        return self.sim.energy_j if self.sim else None
+
+    @property
+    def runtime_s(self) -> float | None:
+        return self.sim.runtime_s if self.sim else None
+
+    @property
+    def peak_memory_bytes(self) -> int | None:
+        return self.sim.peak_memory_bytes if self.sim else None
+
+    def record(self) -> dict[str, Any]:
+        """Flat solver record (what the schedules table stores, minus the schedule)."""
+        return {"status": self.status, "mode": self.mode, "solver": self.solver,
+                "method": self.method, "compat": self.compat, "overlap": self.overlap,
+                "budget_bytes": self.budget_bytes, "deadline_s": self.deadline_s,
+                "objective_energy_j": self.objective_energy_j, "bound_energy_j": self.bound_energy_j,
+                "gap": self.gap, "solve_time_s": self.solve_time_s, "build_time_s": self.build_time_s,
+                "n_variables": self.n_variables, "n_constraints": self.n_constraints,
+                "n_nodes": self.n_nodes, "energy_j": self.energy_j, "runtime_s": self.runtime_s,
+                "peak_memory_bytes": self.peak_memory_bytes, "heuristic": self.heuristic,
+                "heuristic_energy_j": self.heuristic_energy_j, "warm_start": self.warm_start,
+                "cost_provenance": self.cost_provenance, "message": self.message,
+                "memory_unit_bytes": self.memory_unit_bytes,
+                **({"counts": self.schedule.counts()} if self.schedule else {}),
+                **({"breakdown": self.sim.to_dict()} if self.sim else {})}
+
+
+def min_budget_bound(inst: Instance, compat: bool = False) -> int:
+    """A lower bound on any schedule's peak: the fixed memory plus, for some node, its inputs,
+    its output and its workspace, which must be in RAM together while it runs."""
+    fixed = 0 if compat else inst.fixed_bytes
+    best = 0
+    for nd in inst.nodes:
+        need = sum(inst.nodes[d].output_bytes for d in set(nd.deps)) + nd.output_bytes
+        need += 0 if compat else nd.workspace_bytes
+        best = max(best, need)
+    return fixed + best
+
+
+def best_heuristic(inst: Instance, mode: str, budget: int | None, deadline: float | None,
+                   overlap: bool = False, compat: bool = False
+                   ) -> tuple[str, Schedule, SimResult] | None:
+    """The lowest-energy heuristic schedule that meets the budget and deadline, if any. In the
+    compatibility mode only paging-free heuristics apply (their page-outs follow our semantics)."""
+    best = None
+    for name, sched in heuristic_candidates(inst, mode, budget, overlap):
+        if compat:
+            if any(s.pageout or s.pagein for s in sched.stages):
+                continue
+            sched = Schedule(sched.stages, compat=True, overlap=False)
+        try:
+            sim = simulate(inst, sched, budget, deadline)
+        except ScheduleError as e:      # a heuristic bug must not hide: re-raise
+            raise SolverBug(f"heuristic {name} produced an invalid schedule: {e}") from None
+        if sim.ok and (best is None or sim.energy_j < best[2].energy_j):
+            best = (name, sched, sim)
+    return best
+
+
+def _fmt_bytes(b: float) -> str:
+    for unit, f in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if abs(b) >= f:
+            return f"{b / f:.4g} {unit}"
+    return f"{int(b)} B"
+
+
+def solve(inst: Instance, budget: int | None = None, deadline: float | None = None,
+          mode: str = "integrated", solver: str = "highs", time_limit: float | None = 60.0,
+          gap: float = 1e-4, threads: int | None = None, compat: bool = False,
+          overlap: bool = False, warm_start: bool = True, allow_bwd_remat: bool | None = None,
+          method: str = "milp", msg: bool = False, explain_infeasible: bool = True,
+          symmetry_cuts: bool = True, prune: bool = True) -> SolveResult:
+    """Energy-optimal schedule of ``inst`` within ``budget`` bytes and ``deadline`` seconds.
+
+    ``method="milp"`` (exact, warm-started from the best heuristic) or ``"lp_round"`` (Checkmate's
+    LP relaxation + rounding, fast and approximate). ``compat=True`` solves the published POET
+    formulation (activations only in the budget, paging time outside the deadline).
+    """
+    if solver not in SOLVERS:
+        raise CostdbError(f"unknown solver {solver!r}; use one of {', '.join(SOLVERS)}")
+    opts = Options(mode=mode, compat=compat, overlap=overlap, allow_bwd_remat=allow_bwd_remat,
+                   symmetry_cuts=symmetry_cuts, prune=prune)
+    if budget is not None and budget <= 0:
+        raise CostdbError(f"memory budget must be positive, got {budget} bytes")
+    if deadline is not None and not deadline > 0:
+        raise CostdbError(f"deadline must be positive, got {deadline} s")
+    res = SolveResult(status="error", mode=mode, solver=solver, budget_bytes=budget,
+                      deadline_s=deadline, compat=compat, overlap=overlap, n_nodes=inst.n,
+                      method=method, cost_provenance=inst.cost_provenance(),
+                      options={"time_limit": time_limit, "gap": gap, "threads": threads,
+                               "allow_bwd_remat": opts.allow_bwd_remat, "warm_start": warm_start,
+                               "symmetry_cuts": symmetry_cuts, "prune": prune})
+    if compat:
+        inst = compat_instance(inst)
+    lower = min_budget_bound(inst, compat)
+    if budget is not None and budget < lower:
+        res.status = "infeasible"
+        res.message = (f"budget {_fmt_bytes(budget)} is below the lower bound {_fmt_bytes(lower)} "
+                       "(fixed memory plus the largest node's inputs and output)")
+        if explain_infeasible:
+            res.message = explain(inst, res, opts, solver, time_limit)
+        return res
+    heur = best_heuristic(inst, mode, budget, deadline, overlap, compat)
+    starts = [heur] if heur else []       # warm-start candidates, tried best first
+    if mode == "integrated" and method == "milp" and warm_start and not compat:
+        # the paging-only MILP is small and fast; its optimum is a feasible integrated schedule
+        sub_limit = None if time_limit is None else max(1.0, time_limit / 6)
+        sub = Formulation(inst, budget, deadline, Options(mode="paging", overlap=overlap))
+        raw = run_solver(sub, solver, sub_limit, gap, threads, False)
+        if raw.status in ("optimal", "feasible"):
+            sched = sub.schedule()
+            sim = simulate(inst, sched, budget, deadline)
+            if sim.ok:
+                starts.append(("paging_milp", sched, sim))
+        res.options["paging_milp_s"] = raw.solve_time_s
+    if method == "milp" and warm_start and mode != "paging" and inst.n >= LP_ROUND_WARM_MIN_NODES:
+        # Checkmate's LP relaxation + rounding is cheap and often beats the heuristics by far
+        from solver.approx import lp_round
+        scratch = SolveResult(status="error", mode=mode, solver=solver, budget_bytes=budget,
+                              deadline_s=deadline, compat=compat, overlap=overlap)
+        t0 = time.perf_counter()
+        lp = lp_round(inst, scratch, opts, None, solver="highs", time_limit=time_limit, threads=threads)
+        res.options["lp_round_s"] = time.perf_counter() - t0
+        if lp.schedule is not None and lp.sim.ok:
+            starts.append(("lp_round", lp.schedule, lp.sim))
+    starts.sort(key=lambda c: c[2].energy_j)
+    heur = starts[0] if starts else None
+    if heur:
+        res.heuristic, res.heuristic_energy_j = heur[0], heur[2].energy_j
+    if method == "lp_round":
+        from solver.approx import lp_round
+        return lp_round(inst, res, opts, heur, solver=solver, time_limit=time_limit, threads=threads)
+    if method != "milp":
+        raise CostdbError(f"unknown method {method!r}; use milp or lp_round")
+    form = Formulation(inst, budget, deadline, opts)
+    res.build_time_s = form.build_time_s
+    res.n_variables, res.n_constraints = form.n_variables, form.n_constraints
+    res.memory_unit_bytes = form.memory_unit
+    warm = False
+    if warm_start:
+        for cand in starts:
+            if form.set_start(cand[1]):      # False if it uses decisions the model pruned
+                warm = True
+                res.options["warm_start_from"] = cand[0]
+                break
+    res.warm_start = warm
+    raw = run_solver(form, solver, time_limit, gap, threads, warm, msg)
+    res.solve_time_s = raw.solve_time_s
+    res.gap = raw.gap
+    res.options["solver_detail"] = raw.detail
+    res.options.update({k: v for k, v in raw.extra.items() if v is not None})
+    if raw.bound is not None:
+        res.bound_energy_j = raw.bound * form.e_scale
+    if raw.status in ("optimal", "feasible") and raw.objective is not None:
+        sched = trim_keeps(inst, form.schedule())
+        try:
+            sim = simulate(inst, sched, budget, deadline)
+        except ScheduleError as e:
+            raise SolverBug(f"{solver} returned a schedule the simulator rejects: {e}") from None
+        obj = raw.objective * form.e_scale
+        check_consistency(sim, obj, budget, deadline, solver)
+        res.status, res.schedule, res.sim = raw.status, sched, sim
+        res.objective_energy_j = sim.energy_j
+        if heur is not None and heur[2].energy_j < sim.energy_j * (1 - 1e-9) and raw.status != "optimal":
+            # the solver stopped with a worse incumbent than a start it could not load
+            res.schedule, res.sim = heur[1], heur[2]
+            res.objective_energy_j = heur[2].energy_j
+            res.method = f"milp(start:{heur[0]})"
+            if res.bound_energy_j is not None:
+                res.gap = (res.sim.energy_j - res.bound_energy_j) / max(res.sim.energy_j, 1e-300)
+        if res.bound_energy_j is not None and res.bound_energy_j > res.sim.energy_j:
+            res.bound_energy_j = res.sim.energy_j
+        return res
+    if raw.status == "infeasible":
+        if heur is not None:
+            raise SolverBug(f"{solver} reports infeasible but heuristic {heur[0]} meets the budget "
+                            "and deadline")
+        res.status = "infeasible"
+        res.message = "no schedule meets the budget and deadline"
+        if explain_infeasible:
+            res.message = explain(inst, res, opts, solver, time_limit)
+        return res
+    # time limit without an incumbent: fall back to the best heuristic
+    res.status = raw.status
+    if heur is not None:
+        res.status, res.schedule, res.sim = "feasible", heur[1], heur[2]
+        res.method = f"heuristic:{heur[0]}"
+        res.objective_energy_j = heur[2].energy_j
+        res.message = f"{solver} found no solution within the time limit; returned heuristic {heur[0]}"
+    else:
+        res.message = f"{solver} found no solution within {time_limit} s"
+    return res
+
+
+def trim_keeps(inst: Instance, sched: Schedule) -> Schedule:
+    """Drop values a schedule keeps in RAM across a stage boundary without using them before
+    they are dropped anyway (the MILP may keep them when memory is slack: it costs no energy).
+    Compute lists, paging, energy and runtime are unchanged; peak memory can only fall."""
+    from solver.schedule import Stage
+    deps = [set(nd.deps) for nd in inst.nodes]
+    stages = list(sched.stages)
+    n = len(stages)
+    needed_next: set[int] = set()       # values needed in RAM when stage t+1 starts
+    new_keep: list[tuple[int, ...]] = [()] * n
+    for t in reversed(range(n)):
+        st = stages[t]
+        keep = set(st.keep)
+        if t + 1 < n:
+            keep = {i for i in keep if i in needed_next or i in st.pagein}
+        new_keep[t] = tuple(sorted(keep))
+        # what stage t needs at its start: inputs of its computes not computed earlier in it,
+        # values it keeps but does not compute, and (compat) values it pages out
+        comp = set(st.compute)
+        need = set()
+        for k in st.compute:
+            need |= {d for d in deps[k] if d not in comp}
+        need |= {i for i in keep if i not in comp and i not in st.pagein}
+        if sched.compat:
+            need |= set(st.pageout)
+        needed_next = need
+    out = tuple(Stage(st.compute, new_keep[t], st.pagein, st.pageout) for t, st in enumerate(stages))
+    return Schedule(out, compat=sched.compat, overlap=sched.overlap, meta=sched.meta)
+
+
+def check_consistency(sim: SimResult, objective_j: float, budget: int | None,
+                      deadline: float | None, who: str) -> None:
+    if not sim.ok:
+        raise SolverBug(f"{who}: schedule violates its constraints in the simulator: "
+                        + "; ".join(sim.violations))
+    if not math.isclose(sim.energy_j, objective_j, rel_tol=1e-6, abs_tol=1e-12 + 1e-9 * abs(objective_j)):
+        raise SolverBug(f"{who}: objective {objective_j!r} J but the simulator measures "
+                        f"{sim.energy_j!r} J")
+
+
+def min_feasible_budget(inst: Instance, mode: str = "integrated", compat: bool = False,
+                        overlap: bool = False, solver: str = "highs",
+                        time_limit: float | None = 60.0) -> tuple[int, bool]:
+    """(smallest RAM budget with any schedule, exact?) ignoring the deadline.
+
+    Serial paging modes: the lower bound is met by :func:`page_everything` (exact). Otherwise a
+    MILP minimises the peak (``exact`` False if it stopped at the time limit; the value returned is
+    then the best schedule found, an upper bound)."""
+    lower = min_budget_bound(inst, compat)
+    if mode in ("integrated", "paging") and not compat:
+        sim = simulate(inst, page_everything(inst, overlap))
+        if sim.peak_memory_bytes <= lower:
+            return lower, True
+    opts = Options(mode=mode, compat=compat, overlap=overlap)
+    return _min_peak_milp(inst, opts, solver, time_limit)
+
+
+def _min_peak_milp(inst: Instance, opts: Options, solver: str, time_limit: float | None
+                   ) -> tuple[int, bool]:
+    import pulp
+    ref = max(inst.no_savings_peak(), 1)
+    import warnings
+    form = Formulation(inst, ref, None, opts, slack_presolve=False)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", DeprecationWarning)
+        peak = pulp.LpVariable("peak", lowBound=0)
+    for (t, k), u in form.U.items():
+        form.prob += u - peak <= 0
+        if form.ws[k]:
+            rk = 1 if k == t else form.R.get((t, k))
+            form.prob += u + form.ws[k] * rk - peak <= 0
+    form.prob.setObjective(peak + 1e-6 * form.energy_expr)
+    raw = run_solver(form, solver, time_limit, 1e-6, None, False)
+    if raw.status not in ("optimal", "feasible"):
+        return ref, False
+    sched = form.schedule()
+    sim = simulate(inst, sched)
+    return sim.peak_memory_bytes, raw.status == "optimal"
+
+
+def fastest_runtime(inst: Instance, budget: int | None, opts: Options, solver: str = "highs",
+                    time_limit: float | None = 60.0) -> tuple[float | None, bool]:
+    """(minimum runtime of a schedule within ``budget``, exact?)."""
+    form = Formulation(inst, budget, None, opts, objective="runtime")
+    raw = run_solver(form, solver, time_limit, 1e-6, None, False)
+    if raw.status not in ("optimal", "feasible"):
+        return None, False
+    sim = simulate(inst, form.schedule(), budget)
+    return sim.runtime_s, raw.status == "optimal"
+
+
+def explain(inst: Instance, res: SolveResult, opts: Options, solver: str,
+            time_limit: float | None) -> str:
+    """One-line infeasibility message with the minimum budget and the fastest runtime."""
+    lim = min(time_limit or 20.0, 20.0)
+    min_b, exact_b = min_feasible_budget(inst, opts.mode, opts.compat, opts.overlap, solver, lim)
+    what = f"{inst.name} on {inst.device or 'this device'} ({opts.mode}{', compat' if opts.compat else ''})"
+    parts = []
+    if res.budget_bytes is not None and res.budget_bytes < min_b:
+        parts.append(f"no schedule fits {_fmt_bytes(res.budget_bytes)}: the minimum feasible memory "
+                     f"budget is {'' if exact_b else 'at most '}{_fmt_bytes(min_b)} ({min_b} B)")
+        fast, _ = fastest_runtime(inst, min_b, opts, solver, lim)
+        if fast is not None:
+            parts.append(f"at that budget the fastest runtime is {fast:.4g} s")
+    else:
+        fast, exact_t = fastest_runtime(inst, res.budget_bytes, opts, solver, lim)
+        budget_txt = _fmt_bytes(res.budget_bytes) if res.budget_bytes else "no memory limit"
+        if fast is None:
+            parts.append(f"no schedule found within {budget_txt}")
+        else:
+            parts.append(f"no schedule meets the deadline {res.deadline_s:.4g} s within {budget_txt}: "
+                         f"the fastest feasible runtime is {'' if exact_t else 'at most '}{fast:.4g} s")
+        parts.append(f"minimum feasible memory budget is {_fmt_bytes(min_b)} ({min_b} B)")
+    return f"{what}: " + "; ".join(parts) + "; raise --memory or --deadline"
