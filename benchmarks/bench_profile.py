@@ -33,6 +33,7 @@ def main() -> None:
     ap.add_argument("--input", default="3x32x32")
     ap.add_argument("--threads", type=int, default=None)
     ap.add_argument("--rounds", type=int, default=3, help="fresh-database profiles to run")
+    ap.add_argument("--cache", choices=["warm", "cold"], default="warm")
     args = ap.parse_args()
     shape = parse_shape(args.input)
     if args.threads:
@@ -41,14 +42,14 @@ def main() -> None:
     print(f"# command: python {' '.join(sys.argv)}")
     print(f"# machine: {platform.machine()} {os.cpu_count()} cores, {platform.processor() or '?'}, "
           f"load {os.getloadavg()[0]:.2f}; python {platform.python_version()}, torch {torch.__version__}, "
-          f"threads {torch.get_num_threads()}")
+          f"threads {torch.get_num_threads()}, cache {args.cache}")
     walls, cvs, errors, preds, meas = [], [], [], [], []
     for r in range(args.rounds):
         with tempfile.TemporaryDirectory() as d:
             path = os.path.join(d, "bench.db")
             t0 = time.perf_counter()
             res = profile(path, device="local", model=args.model, batch=args.batch, input_shape=shape,
-                          threads=args.threads)
+                          threads=args.threads, settings={"cache": args.cache})
             wall = time.perf_counter() - t0
             with costdb.open(path) as db:
                 ops = db.ops("local")

@@ -197,9 +197,10 @@ def _print_costs(db_path: str, device: str, model_key: str, top: int | None, con
               help="Timing samples per op.")
 @click.option("--min-sample-time", type=click.FloatRange(min=1e-4), default=0.01, show_default=True,
               help="Seconds one sample lasts at least (inner loop is calibrated to it).")
-@click.option("--cache", type=click.Choice(["cold", "warm"]), default="cold", show_default=True,
-              help="cold: evict the CPU caches before every timed call, as the other ops of a "
-                   "training iteration do; warm: classic hot inner loop.")
+@click.option("--cache", type=click.Choice(["warm", "cold"]), default="warm", show_default=True,
+              help="warm: classic hot inner loop; cold: evict the CPU caches before every timed "
+                   "call, as the other ops of a training iteration do (closer to a real iteration "
+                   "single-threaded, see docs/usage.md).")
 @click.option("--iteration/--no-iteration", default=True, show_default=True,
               help="Also time a whole training iteration (local device, zoo models).")
 @click.option("--top", type=click.IntRange(min=0), default=30, show_default=True,

@@ -4,15 +4,17 @@ Warm-ups first, then ``samples`` repeated samples; the median per-call time is t
 stdev, IQR, min, max and CV are kept. An op whose CV exceeds ``cv_threshold`` is measured again
 with twice the samples and flagged unstable if still above.
 
-Cache state (``cache`` setting). In a training iteration every op runs after other ops have
-evicted its data, code and scratch buffers from the private caches; timing an op in a hot loop
-under-estimates it (ResNet-18 on a 2-core x86 VM: -17 % against a real iteration). So by default
-(``cold``) a buffer of twice the L2 size is written before every call (untimed) and each call is
-timed on its own; a sample is the mean of up to ``max_cold_calls`` calls. ``warm`` keeps the
-classic calibrated inner loop (doubling, like ``timeit.autorange``, until a sample lasts
-``min_sample_time``). Energy from a sensor is always integrated over a warm inner loop, so the
-eviction writes never enter it.
+Cache state (``cache`` setting). ``warm`` (default) is the classic calibrated inner loop
+(doubling, like ``timeit.autorange``, until a sample lasts ``min_sample_time``). In a training
+iteration, though, every op runs after other ops have evicted its data, code and scratch buffers
+from the private caches, so a hot loop under-estimates it. ``cold`` writes a buffer of twice the
+L2 size (single-threaded memset, untimed) before every call and times each call on its own; a
+sample is the mean of up to ``max_cold_calls`` calls. Measured on ResNet-18 (docs/benchmarks.md):
+single-threaded, cold predicts a whole iteration within a few percent where warm is ~24 % low;
+with two intra-op threads cold over-estimates, so it is not the default. Energy from a sensor is
+always integrated over a warm inner loop, so eviction writes never enter it.
 """
+import ctypes
 import math
 import os
 import sys
@@ -30,7 +32,7 @@ DEFAULTS = {
     "max_inner_loops": 1 << 20,
     "cv_threshold": 0.10,
     "measure_memory": True,
-    "cache": "cold",
+    "cache": "warm",
     "evict_bytes": None,      # default: twice the L2 size read from sysfs, else 8 MiB
     "max_cold_calls": 40,
 }
@@ -43,12 +45,20 @@ class Evictor(object):
 
     def __init__(self, nbytes, device):
         self.nbytes = int(nbytes)
-        self.buf = torch.empty(self.nbytes, dtype=torch.uint8, device=device)
         self.value = 0
+        self.device = device
+        if device.startswith("cuda"):
+            self.buf = torch.empty(self.nbytes, dtype=torch.uint8, device=device)
+        else:
+            # a plain single-threaded memset: leaves torch's thread pool alone between calls
+            self.buf = ctypes.create_string_buffer(self.nbytes)
 
     def __call__(self):
         self.value = (self.value + 1) & 0xFF
-        self.buf.fill_(self.value)
+        if self.device.startswith("cuda"):
+            self.buf.fill_(self.value)
+        else:
+            ctypes.memset(self.buf, self.value, self.nbytes)
 
 
 def evictor(nbytes, device):
@@ -220,7 +230,7 @@ def measure_op(spec, settings=None, device="cpu", meter=None):
         result["output_bytes"] = _out_bytes(out)
         del out
         samples = int(s["samples"])
-        if s.get("cache", "cold") == "cold":
+        if s["cache"] == "cold":
             evict = evictor(s.get("evict_bytes") or default_evict_bytes(), device)
             probe = sorted(_sample_cold(call, 1, 3, device, evict))[1]
             n = max(1, min(int(s["max_cold_calls"]),
@@ -247,7 +257,7 @@ def measure_op(spec, settings=None, device="cpu", meter=None):
             calls = n_warm * samples
         result["runtime"] = stats
         result["inner_loops"] = n
-        result["cache"] = s.get("cache", "cold")
+        result["cache"] = s["cache"]
         result["remeasured"] = remeasured
         result["unstable"] = stats["cv"] > s["cv_threshold"]
         if energy is not None:
