@@ -22,7 +22,7 @@ from profiler.zoo import model_graph
 from solver.baselines import capuchin_paging, checkpoint_all, chen_sqrt
 from solver.problem import instance_from_graph
 from solver.simulate import simulate
-from solver.solve import min_budget_bound, min_feasible_budget, solve
+from solver.solve import min_feasible_budget, solve
 
 
 def fmt_e(j):
@@ -69,7 +69,6 @@ def main() -> None:
     energies: dict[tuple[int, str], float | None] = {}
     for f, b in zip(fracs, budgets):
         for s in ("highs", "cbc"):
-            t = time.perf_counter()
             r = solve(inst, budget=b, deadline=deadline, solver=s, time_limit=tl, explain_infeasible=False)
             energies[b, f"integrated-{s}"] = r.energy_j
             row([b, f, s, r.n_variables, r.n_constraints, r.status, fmt_e(r.energy_j),

@@ -416,7 +416,6 @@ class Formulation:
         """Load a schedule as the initial solution (warm start). False if it uses decisions the
         presolved model does not have."""
         vals: dict[Any, float] = {v: 0.0 for v in self.prob.variables()}
-        n = self.n
         ram: set[int] = set()
         for t, st in enumerate(sched.stages):
             for i in ram:
