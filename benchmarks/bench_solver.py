@@ -15,7 +15,6 @@ import argparse
 import datetime
 import os
 import platform
-import time
 
 from devices.catalog import get_profile
 from profiler.zoo import model_graph
