@@ -39,11 +39,9 @@ def _linear(x, p, a):
 
 
 def _batch_norm(x, p, a):
-    c = x[0].shape[1]
-    rm = torch.zeros(c, dtype=x[0].dtype, device=x[0].device)
-    rv = torch.ones(c, dtype=x[0].dtype, device=x[0].device)
-    return F.batch_norm(x[0], rm, rv, p.get("weight"), p.get("bias"), True,
-                        a.get("momentum", 0.1), a.get("eps", 1e-5))
+    # running statistics are buffers allocated once in prepare(), updated in place as in training
+    return F.batch_norm(x[0], p["_running_mean"], p["_running_var"], p.get("weight"),
+                        p.get("bias"), True, a.get("momentum", 0.1), a.get("eps", 1e-5))
 
 
 def _layer_norm(x, p, a):
@@ -225,6 +223,10 @@ def prepare(spec, device="cpu"):
             t.requires_grad_(True)
         params[name] = t
     in_bytes = sum(tensor_bytes(t) for t in inputs) + sum(tensor_bytes(t) for t in params.values())
+    if op == "batch_norm":  # buffers, not parameters: never differentiated
+        c = inputs[0].shape[1]
+        params["_running_mean"] = torch.zeros(c, dtype=dtype, device=device)
+        params["_running_var"] = torch.ones(c, dtype=dtype, device=device)
 
     if training_fwd:
         def forward():
@@ -236,7 +238,7 @@ def prepare(spec, device="cpu"):
     if phase == "bwd_data":
         wrt = [t for t in inputs if t.requires_grad]
     else:
-        wrt = [params[k] for k in sorted(params)]
+        wrt = [params[k] for k in sorted(params) if not k.startswith("_")]
     if not wrt:
         raise UnsupportedOp("%s of %s has nothing to differentiate" % (phase, op))
     out = fwd(inputs, params, attrs)

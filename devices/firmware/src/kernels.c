@@ -36,16 +36,25 @@
 #define SIX(k) ((int8_t)k->p[1])
 #include "kernels_tmpl.h"
 
+/* Row maximum (into *max) and sum of exp(r[i] - max): the stable softmax denominator. */
+static inline float row_sumexp(const float *r, int K, float *max)
+{
+    float m = r[0];
+    for (int i = 1; i < K; i++) if (r[i] > m) m = r[i];
+    float s = 0.0f;
+    for (int i = 0; i < K; i++) s += expf(r[i] - m);
+    *max = m;
+    return s;
+}
+
 NOINLINE void ce_fwd_f32(const struct kparams *k, const float *x, const int32_t *t, float *loss)
 {
     const int N = k->p[0], K = k->p[1];
     float total = 0.0f;
     for (int n = 0; n < N; n++) {
         const float *r = x + n * K;
-        float m = r[0];
-        for (int i = 1; i < K; i++) if (r[i] > m) m = r[i];
-        float s = 0.0f;
-        for (int i = 0; i < K; i++) s += expf(r[i] - m);
+        float m;
+        const float s = row_sumexp(r, K, &m);
         total += m + logf(s) - r[t[n]];
     }
     loss[0] = total / (float)N;
@@ -56,10 +65,8 @@ NOINLINE void ce_bwd_f32(const struct kparams *k, const float *x, const int32_t 
     const int N = k->p[0], K = k->p[1];
     for (int n = 0; n < N; n++) {
         const float *r = x + n * K;
-        float m = r[0];
-        for (int i = 1; i < K; i++) if (r[i] > m) m = r[i];
-        float s = 0.0f;
-        for (int i = 0; i < K; i++) s += expf(r[i] - m);
+        float m;
+        const float s = row_sumexp(r, K, &m);
         for (int i = 0; i < K; i++)
             dx[n * K + i] = (expf(r[i] - m) / s - (i == t[n] ? 1.0f : 0.0f)) / (float)N;
     }
