@@ -316,26 +316,52 @@ def load_factory(ref: str) -> Callable[[], nn.Module]:
     return factory
 
 
-def model_graph(model: str, batch: int | None = None, input_shape: tuple[int, ...] | None = None,
-                num_classes: int = 10, dtype: str = "float32") -> TrainingGraph:
-    """Training graph of a zoo model by name, or of a user model given as ``file.py:factory``."""
-    if ":" in model and model.split(":")[0].endswith(".py"):
+@dataclass
+class ModelInstance:
+    """A model ready to train: the module and what its graph and its training batches need."""
+
+    name: str
+    module: nn.Module
+    input_shape: tuple[int, ...]
+    default_batch: int
+    input_dtype: str | None = None
+    input_high: int | None = None   # vocabulary size of token-id inputs
+
+
+def is_file_model(model: str) -> bool:
+    return ":" in model and model.split(":")[0].endswith(".py")
+
+
+def instantiate(model: str, input_shape: tuple[int, ...] | None = None,
+                num_classes: int = 10) -> ModelInstance:
+    """A fresh module (seeded) for a zoo name or ``file.py:factory``, with its input shape."""
+    torch.manual_seed(0)
+    if is_file_model(model):
         if input_shape is None:
             raise CostdbError("a user model needs --input, e.g. --input 3x32x32")
         module = load_factory(model)()
         if not isinstance(module, nn.Module):
             raise CostdbError(f"{model} did not return a torch.nn.Module")
         name = Path(model.split(":")[0]).stem + ":" + model.rsplit(":", 1)[1]
-        return build_graph(module, input_shape, batch or 8, name=name, dtype=dtype)
+        return ModelInstance(name, module, tuple(input_shape), 8)
     zm = MODELS.get(model)
     if zm is None:
         raise CostdbError(f"unknown model {model!r}; known models: {', '.join(MODELS)} "
                           "(or path/to/file.py:factory)")
     shape = tuple(input_shape or zm.default_input)
-    torch.manual_seed(0)
     module = zm.make(shape, num_classes)
-    high = None
-    if zm.input_dtype == "int64":
-        high = module.tok.num_embeddings
-    return build_graph(module, shape, batch or zm.default_batch, name=zm.name, dtype=dtype,
-                       input_dtype=zm.input_dtype, input_high=high)
+    high = module.tok.num_embeddings if zm.input_dtype == "int64" else None
+    return ModelInstance(zm.name, module, shape, zm.default_batch, zm.input_dtype, high)
+
+
+def instance_graph(inst: ModelInstance, batch: int | None = None,
+                   dtype: str = "float32") -> TrainingGraph:
+    """Training graph of an instantiated model (the module is put in train mode, cast to dtype)."""
+    return build_graph(inst.module, inst.input_shape, batch or inst.default_batch, name=inst.name,
+                       dtype=dtype, input_dtype=inst.input_dtype, input_high=inst.input_high)
+
+
+def model_graph(model: str, batch: int | None = None, input_shape: tuple[int, ...] | None = None,
+                num_classes: int = 10, dtype: str = "float32") -> TrainingGraph:
+    """Training graph of a zoo model by name, or of a user model given as ``file.py:factory``."""
+    return instance_graph(instantiate(model, input_shape, num_classes), batch, dtype)
