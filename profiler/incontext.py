@@ -199,6 +199,12 @@ class _Unit:
     kind: str = "op"
     label: str = ""           # for unattributed units
     names: tuple[str, ...] = ()  # the top-level calls inside (aten ops, autograd functions)
+    carved: float = 0.0       # time inside the span given to nested units
+    nested: bool = False      # inside another unit's span (not part of the phase timeline)
+
+    @property
+    def duration(self) -> float:
+        return self.end - self.start - self.carved
 
 
 def _count(e: Any) -> int:
@@ -382,12 +388,13 @@ def attribute_iteration(events: list[Any], p: _Plan) -> dict[str, Any]:
                     q = prods[0]
                     target = p.accum[q][accum_used[q] % len(p.accum[q])]
                     accum_used[q] += 1
-                    inner.append(_unit(c, {target: 1.0}, "grad_accumulate"))
-        taken = sum(u.end - u.start for u in inner)
-        start, end = _span(e)
-        bwd_units.append(_Unit(start, end - taken, shares, _count(e) - sum(u.events for u in inner),
-                               0, "op", names=(fname,)))
-        bwd_units += inner
+                    u = _unit(c, {target: 1.0}, "grad_accumulate")
+                    u.nested = True
+                    inner.append(u)
+        fn = _unit(e, shares, names=(fname,))
+        fn.carved = sum(u.duration for u in inner)
+        fn.events -= sum(u.events for u in inner)
+        bwd_units += [fn] + inner
     units += _fill(bwd_units, kids["backward"])
 
     # optimizer: per-parameter aten ops in the optimizer's order; zero_grad shared
@@ -401,18 +408,18 @@ def attribute_iteration(events: list[Any], p: _Plan) -> dict[str, Any]:
 def _fill(units: list[_Unit], parent: Any) -> list[_Unit]:
     """Stretch units over the parent range: each gap goes to the unit after it, the tail to the
     last; a parent with no units becomes one unattributed unit."""
-    if not units:
+    line = sorted((u for u in units if not u.nested), key=lambda u: u.start)
+    if not line:
         return [_unit(parent, {}, "unmapped", 1, label=parent.name)]
-    units = sorted(units, key=lambda u: u.start)
     prev_end = parent.time_range.start
-    for u in units:
+    for u in line:
         if u.start > prev_end:
             u.start = prev_end
         prev_end = max(prev_end, u.end)
-    units[-1].end = max(units[-1].end, parent.time_range.end)
+    line[-1].end = max(line[-1].end, parent.time_range.end)
     # the parent range itself and events in the gaps (e.g. backward's seed) go with the first unit
-    units[0].events += _count(parent) - sum(u.events for u in units)
-    units[0].ranges += 1
+    line[0].events += _count(parent) - sum(u.events for u in units)
+    line[0].ranges += 1
     return units
 
 
@@ -455,8 +462,9 @@ def _step_units(step: Any, p: _Plan) -> list[_Unit]:
 
 
 def attribution_names(tr: Trainer, isolated: dict[str, float] | None = None) -> dict[str, Any]:
-    """One profiled iteration of ``tr``: graph node name -> the calls attributed to it, in order;
-    and the labels of what stayed unattributed. What the tests compare to hand-derived lists."""
+    """One profiled iteration of ``tr``: ``nodes`` (graph node name -> the calls attributed to it,
+    in order), ``unattributed`` (labels of what went to no node) and ``units`` (kind, calls,
+    node name -> share). What the tests compare to hand-derived lists."""
     gm = instrument(tr.module, tr.graph)
     p = plan(tr.graph, tr.module, tr.optimizer, isolated_split(tr.graph, isolated))
     for _ in range(2):
@@ -467,6 +475,8 @@ def attribution_names(tr: Trainer, isolated: dict[str, float] | None = None) -> 
     res = attribute_iteration([e for e in prof.events() if e.cpu_parent is None], p)
     names: dict[str, list[str]] = {n.name: [] for n in tr.graph.nodes}
     unattributed: list[str] = []
+    units = [(u.kind, u.names, {tr.graph.nodes[i].name: f for i, f in u.shares.items()})
+             for u in sorted(res["units"], key=lambda u: u.start)]
     for u in sorted(res["units"], key=lambda u: u.start):
         if not u.shares:
             unattributed.append(u.label or u.kind)
@@ -476,7 +486,7 @@ def attribution_names(tr: Trainer, isolated: dict[str, float] | None = None) -> 
         else:
             for idx in u.shares:
                 names[tr.graph.nodes[idx].name].extend(u.names)
-    return {"nodes": names, "unattributed": unattributed}
+    return {"nodes": names, "unattributed": unattributed, "units": units}
 
 
 # --- driving real iterations ----------------------------------------------------------------------
@@ -629,7 +639,7 @@ def profile_in_context(tr: Trainer, iterations: int = 15, warmups: int = 3,
         acc_cor: dict[int, float] = defaultdict(float)
         lost = 0.0
         for u in res["units"]:
-            dur = (u.end - u.start) * 1e-6
+            dur = u.duration * 1e-6
             cost = u.events * overhead.per_event_s + u.ranges * (overhead.per_range_s - overhead.per_event_s)
             kinds[u.kind] += dur / iterations
             if not u.shares:

@@ -116,6 +116,8 @@ def time_iterations(tr: Trainer, warmups: int = 3, samples: int = 15) -> dict[st
     stats.update(threads=torch.get_num_threads(), optimizer=OPTIMIZER, provenance="measured",
                  values=totals,
                  phases={k: dict(summarize(v), values=v) for k, v in phases.items()})
+    for k in phases:  # the phase medians under the names the database stores
+        stats[f"{k}_s"] = stats["phases"][k]["median"]
     return stats
 
 
@@ -125,7 +127,8 @@ def measure_iteration(model: str | Trainer, batch: int | None = None,
     """Time whole training iterations of a zoo model, a ``file.py:factory`` model or a Trainer.
 
     Returns the summary statistics of the per-iteration times (``median`` is the estimate),
-    ``values`` (raw seconds) and ``phases`` (fwd / bwd / update, each with its statistics).
+    ``values`` (raw seconds), ``phases`` (fwd / bwd / update, each with its statistics) and
+    the phase medians as ``fwd_s``, ``bwd_s``, ``update_s``.
     """
     tr = model if isinstance(model, Trainer) else model_trainer(model, batch, input_shape, dtype,
                                                                 num_classes)
