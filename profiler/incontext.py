@@ -543,6 +543,7 @@ class InContextResult:
             stats = summarize(per_it)
             node_cv = [summarize(self.node_samples[i])["cv"] for i in idxs]
             out[sig] = {"runtime": stats, "values": per_it, "occurrences": len(idxs),
+                        "unstable": stats["cv"] > self.settings.get("cv_threshold", 0.10),
                         "nodes": idxs, "node_cv_max": max(node_cv),
                         "events_per_call": sum(self.events[i] for i in idxs) / len(idxs)}
         return out
@@ -607,12 +608,15 @@ def _iteration_ranges(tr: Trainer, forward: torch.fx.GraphModule) -> None:
 
 def profile_in_context(tr: Trainer, iterations: int = 15, warmups: int = 3,
                        isolated: dict[str, float] | None = None,
-                       overhead: Overhead | None = None,
+                       overhead: Overhead | None = None, cv_threshold: float = 0.10,
                        progress: Callable[[int, int], None] | None = None) -> InContextResult:
     """Run ``warmups`` + ``iterations`` profiled training iterations of ``tr`` and attribute them.
 
     ``isolated`` (signature -> isolated seconds) sets the fused-backward split; ``overhead``
-    defaults to a fresh ``calibrate_overhead()``. ``progress(done, total)`` after each iteration.
+    defaults to a fresh ``calibrate_overhead()``. As for isolated ops, when the median CV across
+    signatures exceeds ``cv_threshold`` as many iterations again are profiled (``remeasured``
+    in the settings); signatures still above it are reported ``unstable``.
+    ``progress(done, total)`` after each iteration.
     """
     if iterations < 1:
         raise CostdbError(f"in-context profiling needs at least one iteration, got {iterations}")
@@ -626,45 +630,69 @@ def profile_in_context(tr: Trainer, iterations: int = 15, warmups: int = 3,
     node_raw: dict[int, list[float]] = {n.idx: [] for n in graph.nodes}
     node_cor: dict[int, list[float]] = {n.idx: [] for n in graph.nodes}
     events: dict[int, float] = defaultdict(float)
-    walls, unattributed = [], []
+    walls: list[float] = []
+    unattributed: list[float] = []
     detail: dict[str, float] = defaultdict(float)
     kinds: dict[str, float] = defaultdict(float)
-    for i in range(iterations):
+
+    def one() -> None:
         with _quiet_stderr():
             with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
                 _iteration_ranges(tr, gm)
-        evs = [e for e in prof.events() if e.cpu_parent is None]
-        res = attribute_iteration(evs, p)
+        res = attribute_iteration([e for e in prof.events() if e.cpu_parent is None], p)
         acc_raw: dict[int, float] = defaultdict(float)
         acc_cor: dict[int, float] = defaultdict(float)
         lost = 0.0
         for u in res["units"]:
             dur = u.duration * 1e-6
-            cost = u.events * overhead.per_event_s + u.ranges * (overhead.per_range_s - overhead.per_event_s)
-            kinds[u.kind] += dur / iterations
+            # profiler cost inside this time: its events, and the ranges opened from Python
+            cost = u.events * overhead.per_event_s + u.ranges * (overhead.per_range_s
+                                                                 - overhead.per_event_s)
+            kinds[u.kind] += dur
             if not u.shares:
                 lost += dur
-                detail[u.label or u.kind] += dur / iterations
+                detail[u.label or u.kind] += dur
                 continue
             for idx, f in u.shares.items():
                 acc_raw[idx] += f * dur
                 acc_cor[idx] += f * max(0.0, dur - cost)
-                events[idx] += f * u.events / iterations
-        covered = sum(kids for kids in res["phase_s"].values())
-        between = max(0.0, res["wall_s"] - covered)
-        detail["between phases"] += between / iterations
+                events[idx] += f * u.events
+        between = max(0.0, res["wall_s"] - sum(res["phase_s"].values()))
+        detail["between phases"] += between
         lost += between
         for n in graph.nodes:
             node_raw[n.idx].append(acc_raw.get(n.idx, 0.0))
             node_cor[n.idx].append(acc_cor.get(n.idx, 0.0))
         walls.append(res["wall_s"])
         unattributed.append(lost)
+
+    total = iterations
+    for i in range(iterations):
+        one()
         if progress:
-            progress(i + 1, iterations)
-    return InContextResult(graph, node_cor, node_raw, dict(events), walls, unattributed,
-                           dict(detail), dict(kinds), overhead, split,
-                           {"iterations": iterations, "warmups": warmups,
-                            "threads": torch.get_num_threads()})
+            progress(i + 1, total)
+    remeasured = False
+    result = InContextResult(graph, node_cor, node_raw, events, walls, unattributed, detail,
+                             kinds, overhead, split)
+    if iterations > 1 and _median_cv(result) > cv_threshold:
+        remeasured, total = True, 2 * iterations
+        for i in range(iterations, total):
+            one()
+            if progress:
+                progress(i + 1, total)
+    n = len(walls)
+    for d in (events, detail, kinds):
+        for k in d:
+            d[k] /= n
+    result.events, result.unattributed_detail, result.kinds = dict(events), dict(detail), dict(kinds)
+    result.settings = {"iterations": n, "warmups": warmups, "threads": torch.get_num_threads(),
+                       "remeasured": remeasured, "cv_threshold": cv_threshold,
+                       "overhead": overhead.to_dict()}
+    return result
+
+
+def _median_cv(res: InContextResult) -> float:
+    return statistics.median(v["runtime"]["cv"] for v in res.signature_figures().values())
 
 
 def phase_of(graph: TrainingGraph) -> dict[int, str]:

@@ -130,8 +130,9 @@ def test_transformer_every_node_attributed():
 def test_accounting_partitions_the_profiled_iteration():
     tr = model_trainer(MY_MODEL, 2, (3, 8, 8))
     res = profile_in_context(tr, iterations=3, warmups=1)
-    assert res.iterations == 3
-    for j in range(3):
+    # noisy figures (median CV across ops > 10 %) are profiled again with as many iterations
+    assert res.iterations == (6 if res.settings["remeasured"] else 3)
+    for j in range(res.iterations):
         raw = sum(v[j] for v in res.raw_node_samples.values())
         # every microsecond of the profiled iteration is a node's or reported unattributed
         assert math.isclose(raw + res.unattributed_samples[j], res.wall_samples[j], rel_tol=1e-9)
@@ -139,7 +140,7 @@ def test_accounting_partitions_the_profiled_iteration():
             assert 0.0 <= v[j] <= res.raw_node_samples[i][j]
     # per-signature figures: mean over occurrences, so figure x occurrences sums to the nodes
     sig = res.signature_figures()
-    for j in range(3):
+    for j in range(res.iterations):
         total = sum(f["values"][j] * f["occurrences"] for f in sig.values())
         assert math.isclose(total, sum(v[j] for v in res.node_samples.values()), rel_tol=1e-9)
     assert sum(f["occurrences"] for f in sig.values()) == len(tr.graph.nodes)
