@@ -79,6 +79,9 @@ def run_case(model: str, batch: int, threads: int, args: argparse.Namespace) -> 
         row["unattributed_share"] = cov["unattributed_share"]
         row["overhead_share"] = cov["overhead_share"]
         row["nodes"] = len(est)
+        row["profiled_wall_s"] = cov["wall_s"]
+        row["events"] = sum(ic.events.values())
+        row["per_event_s"] = ic.overhead.per_event_s
     row["profile_wall_s"] = time.perf_counter() - t0
     # the independent check: a fresh model instance, plain iterations, no profiler
     it = measure_iteration(model, batch, shape, warmups=3, samples=args.check_samples)
@@ -87,6 +90,9 @@ def run_case(model: str, batch: int, threads: int, args: argparse.Namespace) -> 
     row["load1"] = _load()
     cores = os.cpu_count() or 1
     row["busy"] = max(load0, row["load1"]) > args.max_load * cores
+    # diagnostic only (never used to correct): the profiler cost per event implied by the
+    # profiled iteration against the independent one, beside the calibrated figure
+    row["implied_per_event_s"] = (row["profiled_wall_s"] - it["median"]) / max(1.0, row["events"])
     for est_name in ("in_context", "isolated"):
         row[f"err_{est_name}"] = {k: (row[est_name][k] - row["measured"][k]) / row["measured"][k]
                                   for k in PHASES}
@@ -123,8 +129,8 @@ def main() -> None:
     print("# errors: prediction vs an independent measured iteration, total / fwd / bwd / update (%)")
     print("| model | batch | threads | load (start-end) | iteration (CV) | in_context error | "
           "isolated error | median CV in_context / isolated | unattributed | profiler overhead | "
-          "profile wall | flag |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "overhead per event implied / calibrated | profile wall | flag |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for model in args.models.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
@@ -140,6 +146,7 @@ def main() -> None:
                       f"{_fmt_err(r['err_in_context'])} | {_fmt_err(r['err_isolated'])} | "
                       f"{100 * r['cv_in_context']:.1f}% / {100 * r['cv_isolated']:.1f}% | "
                       f"{100 * r['unattributed_share']:.2f}% | {100 * r['overhead_share']:.2f}% | "
+                      f"{1e6 * r['implied_per_event_s']:.2f} / {1e6 * r['per_event_s']:.2f} us | "
                       f"{r['profile_wall_s']:.0f} s | {'BUSY' if r['busy'] else ''} |", flush=True)
     quiet = [r for r in rows if not r["busy"]]
     print(f"# {len(quiet)} of {len(rows)} rows measured on a quiet machine")
