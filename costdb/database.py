@@ -1,9 +1,15 @@
-"""The cost database: SQLite via sqlite-utils, WAL mode, SI units.
+"""The cost database: the one module that opens, migrates, reads and writes the SQLite file.
 
-``open(path)`` returns a ``Database``. Writers (the profiler) add devices, graphs, sessions and
-measurements, each write in its own short transaction so an interrupted profile leaves a consistent
-file. Readers get pandas DataFrames: ``costs()`` per graph node, ``ops()`` per distinct signature,
-``summary()`` per model and device. Columns are documented in docs/data-model.md.
+``open(path)`` returns a ``Database``. Writers (the profiler, the solver) hand it typed records
+(``costdb.records``) and get row ids back, each write in its own short transaction so an
+interrupted run leaves a consistent file. Readers get records back (``session(id)``,
+``schedule_list(...)``...) or pandas DataFrames: ``costs()`` per graph node, ``ops()`` per
+distinct signature, ``summary()`` per model and device. Nothing outside ``costdb/`` runs SQL
+against the file (tests/test_layering.py checks it); ``query()`` is the read-only SQL door for
+users. Columns are documented in docs/data-model.md.
+
+pandas is imported only by the DataFrame methods, so ``import costdb`` (and every package that
+only needs ``costdb.errors``) stays light.
 """
 from __future__ import annotations
 
@@ -13,20 +19,29 @@ import os
 import socket
 import sqlite3
 from pathlib import Path
-from typing import Any, Iterable
-
-import pandas as pd
-import sqlite_utils
+from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from costdb import schema
 from costdb.errors import CostdbError
-from costdb.records import DONE_STATUSES, Measurement, now_iso
+from costdb.graph import Node, TrainingGraph
+from costdb.records import (DONE_STATUSES, DeviceRecord, IterationRecord, Measurement,
+                            ModelRecord, OpRecord, ParetoPointRecord, ScheduleRecord,
+                            SessionRecord, SweepRecord, from_row, now_iso, shape_label,
+                            to_row)
+
+if TYPE_CHECKING:
+    import pandas as pd
 
 _COST_COLUMNS = """
     m.status, m.runtime_s, m.runtime_stdev_s, m.runtime_iqr_s, m.runtime_cv, m.samples,
     m.unstable, m.runtime_provenance, m.peak_memory_bytes, m.energy_j, m.energy_net_j,
     m.energy_provenance, m.session_id, m.measured_at
 """
+
+
+def _pd() -> Any:
+    import pandas
+    return pandas
 
 
 def _is_sqlite(path: Path) -> bool:
@@ -67,6 +82,12 @@ def preflight(path: Path, create: bool = False, readonly: bool = False) -> bool:
     return exists
 
 
+def _connect_ro(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, check_same_thread=False)
+    conn.execute("PRAGMA query_only = 1")
+    return conn
+
+
 class Database:
     """A cost database file. Use ``costdb.open(path)`` rather than the constructor."""
 
@@ -76,9 +97,7 @@ class Database:
         exists = preflight(self.path, create, readonly)
         try:
             if readonly:
-                conn = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True,
-                                       check_same_thread=False)
-                conn.execute("PRAGMA query_only = 1")
+                conn = _connect_ro(self.path)
             else:
                 conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
             conn.execute("PRAGMA foreign_keys = ON")
@@ -97,9 +116,7 @@ class Database:
             # an older file: migrate it once through a writable connection, then read
             conn.close()
             Database(self.path).close()
-            conn = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True,
-                                   check_same_thread=False)
-            conn.execute("PRAGMA query_only = 1")
+            conn = _connect_ro(self.path)
             conn.execute("PRAGMA foreign_keys = ON")
             found = schema.version(conn)
         if found < schema.LATEST:
@@ -123,7 +140,6 @@ class Database:
         elif not readonly:
             conn.execute("PRAGMA journal_mode = WAL")
         self.conn = conn
-        self.db = sqlite_utils.Database(conn)
 
     @staticmethod
     def _has_tables(conn: sqlite3.Connection) -> bool:
@@ -142,20 +158,61 @@ class Database:
     def __exit__(self, *exc: Any) -> None:
         self.close()
 
-    # --- writes ----------------------------------------------------------------------------
+    # --- low-level helpers (the only SQL in the code base besides schema.py) ---------------------
+
+    def _rows(self, sql: str, args: Sequence[Any] = ()) -> list[dict[str, Any]]:
+        cur = self.conn.execute(sql, tuple(args))
+        cols = [d[0] for d in cur.description]
+        return [dict(zip(cols, r)) for r in cur.fetchall()]
+
+    def _insert(self, table: str, row: dict[str, Any], verb: str = "INSERT") -> int:
+        cur = self.conn.execute(f"{verb} INTO {table} ({', '.join(row)}) VALUES "
+                                f"({', '.join('?' for _ in row)})", tuple(row.values()))
+        return int(cur.lastrowid) if cur.rowcount == 1 else 0
+
+    def _frame(self, sql: str, args: Sequence[Any] = ()) -> "pd.DataFrame":
+        return _pd().read_sql_query(sql, self.conn, params=tuple(args))
+
+    # --- devices -----------------------------------------------------------------------------
 
     def upsert_device(self, profile: Any) -> None:
+        """Record (or refresh) a device from its ``devices.catalog.DeviceProfile``."""
         now = now_iso()
         with self.conn:
             row = self.conn.execute("SELECT first_seen FROM devices WHERE name = ?",
                                     (profile.name,)).fetchone()
-            self.db["devices"].upsert({
-                "name": profile.name, "board": profile.board, "cpu": profile.cpu,
-                "arch": profile.arch, "transport": profile.transport,
-                "profile_json": json.dumps(profile.to_dict(), sort_keys=True),
-                "first_seen": row[0] if row else now, "last_seen": now}, pk="name")
+            rec = DeviceRecord(name=profile.name, board=profile.board, cpu=profile.cpu,
+                               arch=profile.arch, transport=profile.transport,
+                               profile=profile.to_dict(), first_seen=row[0] if row else now,
+                               last_seen=now)
+            row = to_row(rec)
+            self.conn.execute(
+                f"INSERT INTO devices ({', '.join(row)}) VALUES ({', '.join('?' for _ in row)})"
+                " ON CONFLICT(name) DO UPDATE SET "
+                + ", ".join(f"{k} = excluded.{k}" for k in row if k not in ("name", "first_seen")),
+                tuple(row.values()))
 
-    def save_graph(self, graph: Any) -> int:
+    def device(self, name: str) -> DeviceRecord | None:
+        rows = self._rows("SELECT * FROM devices WHERE name = ?", (name,))
+        return from_row(DeviceRecord, rows[0]) if rows else None
+
+    def device_list(self) -> list[DeviceRecord]:
+        return [from_row(DeviceRecord, r) for r in self._rows("SELECT * FROM devices ORDER BY name")]
+
+    def require_device(self, device: str) -> DeviceRecord:
+        """The device's record; a CostdbError naming the devices with data if it has none."""
+        rec = self.device(device)
+        if rec is None:
+            known = [d.name for d in self.device_list()]
+            raise CostdbError(f"device {device!r} has no data in {self.path}"
+                              + (f"; devices with data: {', '.join(known)}" if known else ""))
+        return rec
+
+    _require_device = require_device
+
+    # --- models and graphs -------------------------------------------------------------------
+
+    def save_graph(self, graph: TrainingGraph) -> int:
         """Store a training graph (its ops and nodes) once; returns the model id."""
         row = self.conn.execute("SELECT id FROM models WHERE key = ?", (graph.key,)).fetchone()
         if row:
@@ -163,149 +220,44 @@ class Database:
         with self.conn:
             ops = []
             for spec in graph.distinct_specs():
-                ops.append({"signature": spec["signature"], "op": spec["op"], "phase": spec["phase"],
-                            "dtype": spec["dtype"], "inputs_json": json.dumps(spec["inputs"]),
-                            "params_json": json.dumps(spec["params"]),
-                            "attrs_json": json.dumps(spec["attrs"], sort_keys=True),
-                            "grad_inputs_json": json.dumps(spec["grad_inputs"]),
-                            "spec_json": json.dumps(spec, sort_keys=True)})
-            self.db["ops"].insert_all(ops, pk="signature", ignore=True)
-            cur = self.conn.execute(
-                "INSERT INTO models (key, name, batch, input_shape, dtype, n_nodes, n_signatures,"
-                " param_bytes, activation_bytes, created_at) VALUES (?,?,?,?,?,?,?,?,?,?)",
-                (graph.key, graph.model, graph.batch, "x".join(map(str, graph.input_shape)),
-                 graph.dtype, len(graph.nodes), len(graph.signatures()), graph.param_bytes,
-                 graph.activation_bytes, now_iso()))
-            model_id = cur.lastrowid
-            self.db["graph_nodes"].insert_all(({
-                "model_id": model_id, "idx": n.idx, "name": n.name, "layer": n.layer, "op": n.op,
-                "phase": n.phase, "signature": n.signature, "deps_json": json.dumps(list(n.deps)),
-                "input_shapes_json": json.dumps([list(s) for s in n.input_shapes]),
-                "output_shape_json": json.dumps(list(n.output_shape)), "flops": n.flops,
-                "output_bytes": n.output_bytes, "param_bytes": n.param_bytes}
-                for n in graph.nodes))
+                ops.append(to_row(OpRecord(
+                    signature=spec["signature"], op=spec["op"], phase=spec["phase"],
+                    dtype=spec["dtype"], inputs=spec["inputs"], params=spec["params"],
+                    attrs=spec["attrs"], grad_inputs=spec["grad_inputs"], spec=spec)))
+            self.conn.executemany(
+                f"INSERT OR IGNORE INTO ops ({', '.join(ops[0])}) VALUES "
+                f"({', '.join('?' for _ in ops[0])})", [tuple(o.values()) for o in ops])
+            model_id = self._insert("models", {
+                "key": graph.key, "name": graph.model, "batch": graph.batch,
+                "input_shape": "x".join(map(str, graph.input_shape)), "dtype": graph.dtype,
+                "n_nodes": len(graph.nodes), "n_signatures": len(graph.signatures()),
+                "param_bytes": graph.param_bytes, "activation_bytes": graph.activation_bytes,
+                "created_at": now_iso()})
+            self.conn.executemany(
+                "INSERT INTO graph_nodes (model_id, idx, name, layer, op, phase, signature,"
+                " deps_json, input_shapes_json, output_shape_json, flops, output_bytes,"
+                " param_bytes) VALUES (?,?,?,?,?,?,?,?,?,?,?,?,?)",
+                [(model_id, n.idx, n.name, n.layer, n.op, n.phase, n.signature,
+                  json.dumps(list(n.deps)), json.dumps([list(s) for s in n.input_shapes]),
+                  json.dumps(list(n.output_shape)), n.flops, n.output_bytes, n.param_bytes)
+                 for n in graph.nodes])
         return model_id
 
-    def start_session(self, device: str, environment: dict[str, Any], settings: dict[str, Any],
-                      model_id: int | None, planned: int, agent_version: str | None = None,
-                      energy_sensor: str | None = None, idle_power_w: float | None = None,
-                      warnings: list[str] | None = None) -> int:
-        from costdb import __version__
-        with self.conn:
-            cur = self.conn.execute(
-                "INSERT INTO sessions (device, status, started_at, host, pid, costdb_version,"
-                " agent_version, model_id, planned, measured, energy_sensor, idle_power_w,"
-                " environment_json, settings_json, warnings_json)"
-                " VALUES (?, 'running', ?, ?, ?, ?, ?, ?, ?, 0, ?, ?, ?, ?, ?)",
-                (device, now_iso(), socket.gethostname(), os.getpid(), __version__, agent_version,
-                 model_id, planned, energy_sensor, idle_power_w,
-                 json.dumps(environment, sort_keys=True, default=str),
-                 json.dumps(settings, sort_keys=True, default=str), json.dumps(warnings or [])))
-            return cur.lastrowid
+    def model_id(self, key: str) -> int | None:
+        """Id of the model variant with exactly this key, or None."""
+        row = self.conn.execute("SELECT id FROM models WHERE key = ?", (key,)).fetchone()
+        return row[0] if row else None
 
-    def update_session(self, session_id: int, **fields: Any) -> None:
-        for k in ("environment", "settings", "warnings"):
-            if k in fields:
-                fields[f"{k}_json"] = json.dumps(fields.pop(k), sort_keys=True, default=str)
-        with self.conn:
-            self.db["sessions"].update(session_id, fields)
-
-    def finish_session(self, session_id: int, status: str, warnings: list[str] | None = None) -> None:
-        n = self.conn.execute("SELECT count(*) FROM measurements WHERE session_id = ?",
-                              (session_id,)).fetchone()[0]
-        fields: dict[str, Any] = {"status": status, "ended_at": now_iso(), "measured": n}
-        if warnings is not None:
-            fields["warnings"] = warnings
-        self.update_session(session_id, **fields)
-
-    def close_stale_sessions(self, device: str) -> int:
-        """Mark 'running' sessions of this host whose process is gone as interrupted."""
-        host = socket.gethostname()
-        stale = []
-        for sid, pid, shost in self.conn.execute(
-                "SELECT id, pid, host FROM sessions WHERE device = ? AND status = 'running'",
-                (device,)):
-            if shost == host and pid is not None and pid != os.getpid() and not _pid_alive(pid):
-                stale.append(sid)
-        for sid in stale:
-            self.finish_session(sid, "interrupted")
-        return len(stale)
-
-    def add_measurement(self, m: Measurement) -> bool:
-        """Store one measurement; False (and nothing written) if the session already has it."""
-        with self.conn:
-            cur = self.conn.execute(
-                f"INSERT OR IGNORE INTO measurements ({', '.join(m.row())}) "
-                f"VALUES ({', '.join('?' for _ in m.row())})", tuple(m.row().values()))
-            return cur.rowcount == 1
-
-    def add_iteration(self, device: str, model_id: int, session_id: int | None,
-                      stats: dict[str, Any]) -> int:
-        """Store a measured whole training iteration (forward + loss + backward + update)."""
-        with self.conn:
-            cur = self.conn.execute(
-                "INSERT INTO iterations (device, model_id, session_id, runtime_s, runtime_stdev_s,"
-                " runtime_cv, samples, threads, optimizer, runtime_provenance, measured_at)"
-                " VALUES (?,?,?,?,?,?,?,?,?,?,?)",
-                (device, model_id, session_id, stats["median"], stats.get("stdev"), stats.get("cv"),
-                 stats.get("samples"), stats.get("threads"), stats.get("optimizer"),
-                 stats.get("provenance", "measured"), now_iso()))
-            return cur.lastrowid
-
-    def iterations(self, device: str | None = None) -> pd.DataFrame:
-        """Measured whole iterations beside the cost model's prediction (sum of node medians)."""
-        sql = """SELECT i.device, m.key AS model, i.runtime_s AS measured_s, i.runtime_cv,
-                        i.samples, i.threads, i.optimizer, i.runtime_provenance, i.measured_at,
-                        i.model_id
-                 FROM iterations i JOIN models m ON m.id = i.model_id"""
-        args: tuple = ()
-        if device:
-            sql += " WHERE i.device = ?"
-            args = (device,)
-        df = pd.read_sql_query(sql + " ORDER BY i.id", self.conn, params=args)
-        preds = []
-        for dev, mid in zip(df["device"], df["model_id"]):
-            row = self.conn.execute(
-                "SELECT sum(m.runtime_s), count(*), count(m.runtime_s) FROM graph_nodes g LEFT JOIN"
-                " current_measurements m ON m.signature = g.signature AND m.device = ?"
-                " WHERE g.model_id = ?", (dev, mid)).fetchone()
-            preds.append(row[0] if row[1] == row[2] else None)
-        df["predicted_s"] = preds
-        df["error"] = (df["predicted_s"] - df["measured_s"]) / df["measured_s"]
-        return df.drop(columns=["model_id"])
-
-    # --- reads -----------------------------------------------------------------------------
-
-    def done_signatures(self, device: str) -> set[str]:
-        """Signatures with a finished measurement (ok, unsupported or not fitting) on device."""
-        q = ",".join("?" for _ in DONE_STATUSES)
-        return {r[0] for r in self.conn.execute(
-            f"SELECT signature FROM current_measurements WHERE device = ? AND status IN ({q})",
-            (device, *DONE_STATUSES))}
-
-    def devices(self) -> pd.DataFrame:
-        return pd.read_sql_query("SELECT name, board, cpu, arch, transport, first_seen, last_seen "
-                                 "FROM devices ORDER BY name", self.conn)
-
-    def models(self) -> pd.DataFrame:
-        return pd.read_sql_query("SELECT id, key, name, batch, input_shape, dtype, n_nodes, "
-                                 "n_signatures, param_bytes, activation_bytes, created_at "
-                                 "FROM models ORDER BY id", self.conn)
-
-    def sessions(self, device: str | None = None) -> pd.DataFrame:
-        sql = "SELECT * FROM sessions"
-        args: tuple = ()
-        if device:
-            sql += " WHERE device = ?"
-            args = (device,)
-        return pd.read_sql_query(sql + " ORDER BY id", self.conn, params=args)
-
-    def resolve_model(self, model: str, batch: int | None = None,
+    def resolve_model(self, model: str | int, batch: int | None = None,
                       input_shape: Iterable[int] | str | None = None, dtype: str | None = None) -> int:
-        """Model id from a name (and optional batch/input/dtype) or an exact key."""
-        row = self.conn.execute("SELECT id FROM models WHERE key = ?", (model,)).fetchone()
-        if row:
-            return row[0]
+        """Model id from an id, an exact key, or a name (and optional batch/input/dtype)."""
+        if isinstance(model, int):
+            if self.conn.execute("SELECT 1 FROM models WHERE id = ?", (model,)).fetchone():
+                return model
+            raise CostdbError(f"model id {model} is not in {self.path}")
+        mid = self.model_id(model)
+        if mid is not None:
+            return mid
         sql = "SELECT id, key FROM models WHERE name = ?"
         args: list[Any] = [model]
         if batch is not None:
@@ -329,57 +281,334 @@ class Database:
                               f"{', '.join(r[1] for r in rows)}; pass batch/input to choose")
         return rows[0][0]
 
-    def graph(self, model: str, batch: int | None = None, input_shape: Any = None,
-              dtype: str | None = None) -> Any:
-        """The stored TrainingGraph of a model."""
-        from profiler.graph import Node, TrainingGraph
+    def model(self, model: str | int, batch: int | None = None, input_shape: Any = None,
+              dtype: str | None = None) -> ModelRecord:
+        """The stored model variant (see ``resolve_model`` for how ``model`` is matched)."""
         mid = self.resolve_model(model, batch, input_shape, dtype)
-        m = self.db["models"].get(mid)
+        return from_row(ModelRecord, self._rows("SELECT * FROM models WHERE id = ?", (mid,))[0])
+
+    def model_list(self) -> list[ModelRecord]:
+        return [from_row(ModelRecord, r) for r in self._rows("SELECT * FROM models ORDER BY id")]
+
+    def graph(self, model: str | int, batch: int | None = None, input_shape: Any = None,
+              dtype: str | None = None) -> TrainingGraph:
+        """The stored TrainingGraph of a model (no torch needed)."""
+        m = self.model(model, batch, input_shape, dtype)
         nodes = []
         for r in self.conn.execute(
                 "SELECT g.idx, g.name, g.layer, g.op, g.phase, g.signature, g.deps_json,"
                 " g.input_shapes_json, g.output_shape_json, g.flops, g.output_bytes,"
-                " g.param_bytes, o.spec_json FROM graph_nodes g JOIN ops o USING (signature)"
-                " WHERE g.model_id = ? ORDER BY g.idx", (mid,)):
-            spec = json.loads(r[12])
+                " g.param_bytes, o.dtype, o.params_json, o.attrs_json, o.grad_inputs_json"
+                " FROM graph_nodes g JOIN ops o USING (signature)"
+                " WHERE g.model_id = ? ORDER BY g.idx", (m.id,)):
+            params = json.loads(r[13] or "{}")
             nodes.append(Node(idx=r[0], name=r[1], layer=r[2], op=r[3], phase=r[4],
                               deps=tuple(json.loads(r[6])),
                               input_shapes=tuple(tuple(s) for s in json.loads(r[7])),
-                              output_shape=tuple(json.loads(r[8])), dtype=spec["dtype"],
+                              output_shape=tuple(json.loads(r[8])), dtype=r[12],
                               flops=r[9], output_bytes=r[10], param_bytes=r[11],
-                              params={k: tuple(v) for k, v in spec["params"].items()},
-                              attrs=spec["attrs"], grad_inputs=tuple(spec["grad_inputs"]),
-                              signature=r[5]))
-        return TrainingGraph(model=m["name"], batch=m["batch"],
-                             input_shape=tuple(int(x) for x in m["input_shape"].split("x")),
-                             dtype=m["dtype"], nodes=tuple(nodes))
+                              params={k: tuple(v) for k, v in params.items()},
+                              attrs=json.loads(r[14] or "{}"),
+                              grad_inputs=tuple(json.loads(r[15] or "[]")), signature=r[5]))
+        return TrainingGraph(model=m.name, batch=m.batch, input_shape=m.input_dims,
+                             dtype=m.dtype, nodes=tuple(nodes))
 
-    def _require_device(self, device: str) -> None:
-        if not self.conn.execute("SELECT 1 FROM devices WHERE name = ?", (device,)).fetchone():
-            known = [r[0] for r in self.conn.execute("SELECT name FROM devices ORDER BY name")]
-            raise CostdbError(f"device {device!r} has no data in {self.path}"
-                              + (f"; devices with data: {', '.join(known)}" if known else ""))
+    def node_labels(self, model: str | int) -> dict[int, str]:
+        """Graph node idx -> its input and weight shapes (``records.shape_label``); cheaper
+        than ``graph()`` for tables of 10,000 nodes."""
+        mid = self.resolve_model(model)
+        return {idx: shape_label(json.loads(ins or "[]"), json.loads(params or "{}"))
+                for idx, ins, params in self.conn.execute(
+                    "SELECT g.idx, g.input_shapes_json, o.params_json FROM graph_nodes g"
+                    " JOIN ops o USING (signature) WHERE g.model_id = ?", (mid,))}
 
-    def costs(self, device: str, model: str, batch: int | None = None, input_shape: Any = None,
-              dtype: str | None = None) -> pd.DataFrame:
+    def op_records(self, signatures: Iterable[str] | None = None) -> dict[str, OpRecord]:
+        """Distinct ops by signature (all of them, or those named)."""
+        if signatures is None:
+            rows = self._rows("SELECT * FROM ops")
+        else:
+            sigs = list(dict.fromkeys(signatures))
+            rows = []
+            for k in range(0, len(sigs), 500):
+                part = sigs[k:k + 500]
+                rows += self._rows(f"SELECT * FROM ops WHERE signature IN "
+                                   f"({','.join('?' for _ in part)})", part)
+        return {r["signature"]: from_row(OpRecord, r) for r in rows}
+
+    # --- sessions ----------------------------------------------------------------------------
+
+    def start_session(self, device: str, environment: dict[str, Any], settings: dict[str, Any],
+                      model_id: int | None, planned: int, agent_version: str | None = None,
+                      energy_sensor: str | None = None, idle_power_w: float | None = None,
+                      warnings: list[str] | None = None) -> int:
+        """Open a ``running`` session of this process on ``device``; returns its id."""
+        from costdb import __version__
+        with self.conn:
+            return self._insert("sessions", {
+                "device": device, "status": "running", "started_at": now_iso(),
+                "host": socket.gethostname(), "pid": os.getpid(), "costdb_version": __version__,
+                "agent_version": agent_version, "model_id": model_id, "planned": planned,
+                "measured": 0, "energy_sensor": energy_sensor, "idle_power_w": idle_power_w,
+                "environment_json": json.dumps(environment, sort_keys=True, default=str),
+                "settings_json": json.dumps(settings, sort_keys=True, default=str),
+                "warnings_json": json.dumps(warnings or [])})
+
+    def update_session(self, session_id: int, **fields: Any) -> None:
+        """Set session columns; ``environment``, ``settings``, ``warnings`` are JSON-encoded."""
+        for k in ("environment", "settings", "warnings"):
+            if k in fields:
+                fields[f"{k}_json"] = json.dumps(fields.pop(k), sort_keys=True, default=str)
+        allowed = {c[1] for c in self.conn.execute("PRAGMA table_info(sessions)")} - {"id"}
+        bad = set(fields) - allowed
+        if bad:
+            raise ValueError(f"sessions has no column(s) {sorted(bad)}")
+        if not fields:
+            return
+        with self.conn:
+            self.conn.execute(f"UPDATE sessions SET {', '.join(f'{k} = ?' for k in fields)}"
+                              " WHERE id = ?", (*fields.values(), session_id))
+
+    def finish_session(self, session_id: int, status: str, warnings: list[str] | None = None) -> None:
+        n = self.conn.execute("SELECT count(*) FROM measurements WHERE session_id = ?",
+                              (session_id,)).fetchone()[0]
+        fields: dict[str, Any] = {"status": status, "ended_at": now_iso(), "measured": n}
+        if warnings is not None:
+            fields["warnings"] = warnings
+        self.update_session(session_id, **fields)
+
+    def close_stale_sessions(self, device: str) -> int:
+        """Mark 'running' sessions of this host whose process is gone as interrupted."""
+        host = socket.gethostname()
+        stale = []
+        for sid, pid, shost in self.conn.execute(
+                "SELECT id, pid, host FROM sessions WHERE device = ? AND status = 'running'",
+                (device,)).fetchall():
+            if shost == host and pid is not None and pid != os.getpid() and not _pid_alive(pid):
+                stale.append(sid)
+        for sid in stale:
+            self.finish_session(sid, "interrupted")
+        return len(stale)
+
+    def session(self, session_id: int) -> SessionRecord:
+        rows = self._rows("SELECT * FROM sessions WHERE id = ?", (session_id,))
+        if not rows:
+            raise CostdbError(f"session {session_id} is not in {self.path}; list them with "
+                              "'costdb sessions'")
+        return from_row(SessionRecord, rows[0])
+
+    def session_list(self, device: str | None = None) -> list[SessionRecord]:
+        sql, args = "SELECT * FROM sessions", ()
+        if device:
+            sql, args = sql + " WHERE device = ?", (device,)
+        return [from_row(SessionRecord, r) for r in self._rows(sql + " ORDER BY id", args)]
+
+    # --- measurements and iterations -------------------------------------------------------------
+
+    def add_measurement(self, m: Measurement) -> bool:
+        """Store one measurement; False (and nothing written) if the session already has it."""
+        with self.conn:
+            return self._insert("measurements", m.row(), "INSERT OR IGNORE") != 0
+
+    def measurement_list(self, device: str | None = None, session_id: int | None = None,
+                         signatures: Iterable[str] | None = None) -> list[Measurement]:
+        """Stored measurements (oldest first), optionally of one device, session or signatures."""
+        where, args = [], []
+        if device:
+            where.append("device = ?")
+            args.append(device)
+        if session_id is not None:
+            where.append("session_id = ?")
+            args.append(session_id)
+        if signatures is not None:
+            sigs = list(signatures)
+            where.append(f"signature IN ({','.join('?' for _ in sigs)})")
+            args += sigs
+        sql = "SELECT * FROM measurements" + (" WHERE " + " AND ".join(where) if where else "")
+        return [from_row(Measurement, r) for r in self._rows(sql + " ORDER BY id", args)]
+
+    def done_signatures(self, device: str) -> set[str]:
+        """Signatures with a finished measurement (ok, unsupported or not fitting) on device."""
+        q = ",".join("?" for _ in DONE_STATUSES)
+        return {r[0] for r in self.conn.execute(
+            f"SELECT signature FROM current_measurements WHERE device = ? AND status IN ({q})",
+            (device, *DONE_STATUSES))}
+
+    def add_iteration(self, device: str, model_id: int, session_id: int | None,
+                      stats: dict[str, Any]) -> int:
+        """Store a measured whole training iteration (forward + loss + backward + update).
+
+        ``stats``: ``median`` (s), ``stdev``, ``cv``, ``samples``, ``threads``, ``optimizer``,
+        ``provenance`` — what ``profiler.iteration.measure_iteration`` returns.
+        """
+        rec = IterationRecord(device=device, model_id=model_id, session_id=session_id,
+                              runtime_s=stats["median"], runtime_stdev_s=stats.get("stdev"),
+                              runtime_cv=stats.get("cv"), samples=stats.get("samples"),
+                              threads=stats.get("threads"), optimizer=stats.get("optimizer"),
+                              runtime_provenance=stats.get("provenance", "measured"))
+        with self.conn:
+            return self._insert("iterations", to_row(rec))
+
+    def iteration_list(self, device: str | None = None,
+                       model_id: int | None = None) -> list[IterationRecord]:
+        where, args = [], []
+        if device:
+            where.append("device = ?")
+            args.append(device)
+        if model_id is not None:
+            where.append("model_id = ?")
+            args.append(model_id)
+        sql = "SELECT * FROM iterations" + (" WHERE " + " AND ".join(where) if where else "")
+        return [from_row(IterationRecord, r) for r in self._rows(sql + " ORDER BY id", args)]
+
+    def predicted_runtime(self, device: str, model_id: int) -> float | None:
+        """The cost model's iteration time: the sum of the current node medians, or None while
+        a node is unmeasured."""
+        row = self.conn.execute(
+            "SELECT sum(m.runtime_s), count(*), count(m.runtime_s) FROM graph_nodes g LEFT JOIN"
+            " current_measurements m ON m.signature = g.signature AND m.device = ?"
+            " WHERE g.model_id = ?", (device, model_id)).fetchone()
+        return row[0] if row[1] == row[2] else None
+
+    def iterations(self, device: str | None = None) -> "pd.DataFrame":
+        """Measured whole iterations beside the cost model's prediction (sum of node medians)."""
+        sql = """SELECT i.device, m.key AS model, i.runtime_s AS measured_s, i.runtime_cv,
+                        i.samples, i.threads, i.optimizer, i.runtime_provenance, i.measured_at,
+                        i.model_id
+                 FROM iterations i JOIN models m ON m.id = i.model_id"""
+        args: tuple = ()
+        if device:
+            sql += " WHERE i.device = ?"
+            args = (device,)
+        df = self._frame(sql + " ORDER BY i.id", args)
+        df["predicted_s"] = [self.predicted_runtime(dev, int(mid))
+                             for dev, mid in zip(df["device"], df["model_id"])]
+        df["error"] = (df["predicted_s"] - df["measured_s"]) / df["measured_s"]
+        return df.drop(columns=["model_id"])
+
+    # --- what has data -----------------------------------------------------------------------------
+
+    def measured_devices(self, model_id: int | None = None) -> list[str]:
+        """Devices with at least one ok current measurement (of the model's ops, if given)."""
+        if model_id is None:
+            sql, args = ("SELECT DISTINCT device FROM current_measurements WHERE status = 'ok'"
+                         " ORDER BY device"), ()
+        else:
+            sql, args = ("SELECT DISTINCT m.device FROM current_measurements m JOIN graph_nodes g"
+                         " ON g.signature = m.signature WHERE g.model_id = ? AND m.status = 'ok'"
+                         " ORDER BY m.device"), (model_id,)
+        return [r[0] for r in self.conn.execute(sql, args)]
+
+    def measured_models(self, device: str) -> list[int]:
+        """Ids of the models with at least one current measurement on ``device``."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT g.model_id FROM graph_nodes g JOIN current_measurements m"
+            " ON m.signature = g.signature AND m.device = ? ORDER BY g.model_id", (device,))]
+
+    def provenance_counts(self, device: str) -> dict[str, dict[str, int]]:
+        """How many current measurements (and iterations) of ``device`` have each provenance:
+        ``{"runtime": {...}, "energy": {...}, "iteration": {...}}``."""
+        out: dict[str, dict[str, int]] = {}
+        for key, sql in (
+                ("runtime", "SELECT runtime_provenance, count(*) FROM current_measurements"
+                            " WHERE device = ? GROUP BY 1"),
+                ("energy", "SELECT energy_provenance, count(*) FROM current_measurements"
+                           " WHERE device = ? GROUP BY 1"),
+                ("iteration", "SELECT runtime_provenance, count(*) FROM iterations"
+                              " WHERE device = ? GROUP BY 1")):
+            out[key] = {p: n for p, n in self.conn.execute(sql, (device,)) if p}
+        return out
+
+    # --- solver results ----------------------------------------------------------------------------
+
+    def add_schedule(self, rec: ScheduleRecord) -> int:
+        """Store a solve result (the solver validated it first); returns the schedules row id."""
+        with self.conn:
+            return self._insert("schedules", to_row(rec))
+
+    def schedule(self, schedule_id: int) -> ScheduleRecord:
+        rows = self._rows("SELECT * FROM schedules WHERE id = ?", (schedule_id,))
+        if not rows:
+            raise CostdbError(f"schedule {schedule_id} is not in {self.path}; list them with "
+                              "'costdb query \"SELECT id, device, mode FROM schedules\"'")
+        return from_row(ScheduleRecord, rows[0])
+
+    def schedule_list(self, device: str | None = None, model_id: int | None = None,
+                      sweep_id: int | None = None) -> list[ScheduleRecord]:
+        return [from_row(ScheduleRecord, r) for r in self._select(
+            "schedules", device=device, model_id=model_id, sweep_id=sweep_id)]
+
+    def add_sweep(self, rec: SweepRecord) -> int:
+        with self.conn:
+            return self._insert("sweeps", to_row(rec))
+
+    def finish_sweep(self, sweep_id: int, status: str = "done") -> None:
+        with self.conn:
+            self.conn.execute("UPDATE sweeps SET status = ?, ended_at = ? WHERE id = ?",
+                              (status, now_iso(), sweep_id))
+
+    def sweep(self, sweep_id: int) -> SweepRecord:
+        rows = self._rows("SELECT * FROM sweeps WHERE id = ?", (sweep_id,))
+        if not rows:
+            raise CostdbError(f"sweep {sweep_id} is not in {self.path}")
+        return from_row(SweepRecord, rows[0])
+
+    def sweep_list(self, device: str | None = None, model_id: int | None = None) -> list[SweepRecord]:
+        return [from_row(SweepRecord, r) for r in self._select("sweeps", device=device,
+                                                               model_id=model_id)]
+
+    def add_pareto_point(self, rec: ParetoPointRecord) -> int:
+        with self.conn:
+            return self._insert("pareto_points", to_row(rec))
+
+    def pareto_point_list(self, sweep_id: int | None = None, device: str | None = None,
+                          model_id: int | None = None) -> list[ParetoPointRecord]:
+        return [from_row(ParetoPointRecord, r) for r in self._select(
+            "pareto_points", device=device, model_id=model_id, sweep_id=sweep_id)]
+
+    def _select(self, table: str, **eq: Any) -> list[dict[str, Any]]:
+        where = [(k, v) for k, v in eq.items() if v is not None]
+        sql = f"SELECT * FROM {table}"
+        if where:
+            sql += " WHERE " + " AND ".join(f"{k} = ?" for k, _ in where)
+        return self._rows(sql + " ORDER BY id", [v for _, v in where])
+
+    # --- DataFrames --------------------------------------------------------------------------------
+
+    def devices(self) -> "pd.DataFrame":
+        return self._frame("SELECT name, board, cpu, arch, transport, first_seen, last_seen "
+                           "FROM devices ORDER BY name")
+
+    def models(self) -> "pd.DataFrame":
+        return self._frame("SELECT id, key, name, batch, input_shape, dtype, n_nodes, "
+                           "n_signatures, param_bytes, activation_bytes, created_at "
+                           "FROM models ORDER BY id")
+
+    def sessions(self, device: str | None = None) -> "pd.DataFrame":
+        sql, args = "SELECT * FROM sessions", ()
+        if device:
+            sql, args = sql + " WHERE device = ?", (device,)
+        return self._frame(sql + " ORDER BY id", args)
+
+    def costs(self, device: str, model: str | int, batch: int | None = None,
+              input_shape: Any = None, dtype: str | None = None) -> "pd.DataFrame":
         """One row per graph node of ``model`` with the device's current measurement of its op.
 
         Nodes whose op has not been measured yet have NaN costs (status None).
         """
-        self._require_device(device)
+        self.require_device(device)
         mid = self.resolve_model(model, batch, input_shape, dtype)
-        df = pd.read_sql_query(f"""
+        df = self._frame(f"""
             SELECT g.idx, g.name, g.layer, g.op, g.phase, g.signature, g.deps_json AS deps,
                    g.flops, g.output_bytes, g.param_bytes, {_COST_COLUMNS}
             FROM graph_nodes g
             LEFT JOIN current_measurements m ON m.signature = g.signature AND m.device = ?
-            WHERE g.model_id = ? ORDER BY g.idx""", self.conn, params=(device, mid))
+            WHERE g.model_id = ? ORDER BY g.idx""", (device, mid))
         df["deps"] = df["deps"].map(json.loads)
         df["unstable"] = df["unstable"].map(lambda v: bool(v) if v == v and v is not None else None)
         df.insert(0, "device", device)
         return df
 
-    def ops(self, device: str | None = None) -> pd.DataFrame:
+    def ops(self, device: str | None = None) -> "pd.DataFrame":
         """One row per (device, distinct op signature) with its current measurement."""
         sql = f"""
             SELECT m.device, o.signature, o.op, o.phase, o.dtype, o.inputs_json AS inputs,
@@ -389,23 +618,23 @@ class Database:
             FROM current_measurements m JOIN ops o USING (signature)"""
         args: tuple = ()
         if device:
-            self._require_device(device)
+            self.require_device(device)
             sql += " WHERE m.device = ?"
             args = (device,)
-        return pd.read_sql_query(sql + " ORDER BY m.device, m.runtime_s DESC", self.conn, params=args)
+        return self._frame(sql + " ORDER BY m.device, m.runtime_s DESC", args)
 
-    def summary(self, device: str | None = None) -> pd.DataFrame:
+    def summary(self, device: str | None = None) -> "pd.DataFrame":
         """Per (device, model): nodes measured, summed runtime and energy per phase and total."""
         devices = [device] if device else [r[0] for r in self.conn.execute(
             "SELECT DISTINCT device FROM measurements ORDER BY device")]
         rows = []
         for dev in devices:
-            for mid, key, name in self.conn.execute("SELECT id, key, name FROM models ORDER BY id").fetchall():
-                df = self.costs(dev, key)
+            for m in self.model_list():
+                df = self.costs(dev, m.key)
                 measured = df["status"].eq("ok")
                 if not measured.any():
                     continue
-                row = {"device": dev, "model": name, "key": key, "nodes": len(df),
+                row = {"device": dev, "model": m.name, "key": m.key, "nodes": len(df),
                        "nodes_measured": int(measured.sum()),
                        "runtime_s": float(df["runtime_s"].sum()),
                        "energy_j": float(df["energy_j"].sum()),
@@ -418,13 +647,13 @@ class Database:
                 for phase in ("fwd", "loss", "bwd_data", "bwd_weight", "update"):
                     row[f"{phase}_runtime_s"] = float(df.loc[df.phase == phase, "runtime_s"].sum())
                 rows.append(row)
-        return pd.DataFrame(rows)
+        return _pd().DataFrame(rows)
 
-    def query(self, sql: str, params: Iterable[Any] = ()) -> pd.DataFrame:
+    def query(self, sql: str, params: Iterable[Any] = ()) -> "pd.DataFrame":
         """Run read-only SQL; writes are refused by SQLite (query_only)."""
-        ro = sqlite3.connect(f"file:{self.path.resolve()}?mode=ro", uri=True)
+        pd = _pd()
+        ro = _connect_ro(self.path)
         try:
-            ro.execute("PRAGMA query_only = 1")
             return pd.read_sql_query(sql, ro, params=tuple(params))
         except (sqlite3.Error, pd.errors.DatabaseError) as e:
             msg = str(e).splitlines()[0]
