@@ -24,7 +24,8 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 from costdb import schema
 from costdb.errors import CostdbError
 from costdb.graph import Node, TrainingGraph
-from costdb.records import (DONE_STATUSES, DeviceRecord, IterationRecord, Measurement,
+from costdb.settings import IDENTITY, SettingsRecord, describe, differing
+from costdb.records import (DONE_STATUSES, KINDS, DeviceRecord, IterationRecord, Measurement,
                             ModelRecord, OpRecord, ParetoPointRecord, ScheduleRecord,
                             SessionRecord, SweepRecord, from_row, now_iso, shape_label,
                             to_row)
@@ -35,8 +36,11 @@ if TYPE_CHECKING:
 _COST_COLUMNS = """
     m.status, m.runtime_s, m.runtime_stdev_s, m.runtime_iqr_s, m.runtime_cv, m.samples,
     m.unstable, m.runtime_provenance, m.peak_memory_bytes, m.energy_j, m.energy_net_j,
-    m.energy_provenance, m.session_id, m.measured_at
+    m.energy_provenance, m.session_id, m.measured_at, m.settings_id, m.kind
 """
+PHASE_GROUPS = {"fwd": ("fwd", "loss"), "bwd": ("bwd_data", "bwd_weight"), "update": ("update",)}
+#: what ``settings=`` accepts besides an id or a fingerprint (prefix)
+LATEST = "latest"
 
 
 def _pd() -> Any:
@@ -340,8 +344,10 @@ class Database:
     def start_session(self, device: str, environment: dict[str, Any], settings: dict[str, Any],
                       model_id: int | None, planned: int, agent_version: str | None = None,
                       energy_sensor: str | None = None, idle_power_w: float | None = None,
-                      warnings: list[str] | None = None) -> int:
-        """Open a ``running`` session of this process on ``device``; returns its id."""
+                      warnings: list[str] | None = None, settings_id: int | None = None) -> int:
+        """Open a ``running`` session of this process on ``device``; returns its id.
+        ``settings`` are the measurement options (samples...); ``settings_id`` the fingerprint
+        (``add_settings``) its measurements are taken under."""
         from costdb import __version__
         with self.conn:
             return self._insert("sessions", {
@@ -351,7 +357,7 @@ class Database:
                 "measured": 0, "energy_sensor": energy_sensor, "idle_power_w": idle_power_w,
                 "environment_json": json.dumps(environment, sort_keys=True, default=str),
                 "settings_json": json.dumps(settings, sort_keys=True, default=str),
-                "warnings_json": json.dumps(warnings or [])})
+                "warnings_json": json.dumps(warnings or []), "settings_id": settings_id})
 
     def update_session(self, session_id: int, **fields: Any) -> None:
         """Set session columns; ``environment``, ``settings``, ``warnings`` are JSON-encoded."""
@@ -405,20 +411,24 @@ class Database:
     # --- measurements and iterations -------------------------------------------------------------
 
     def add_measurement(self, m: Measurement) -> bool:
-        """Store one measurement; False (and nothing written) if the session already has it."""
+        """Store one measurement; False (and nothing written) if the session already has one of
+        this op and kind. ``m.kind`` is ``isolated`` or ``in_context``; ``m.settings_id`` the
+        fingerprint (``add_settings``); ``m.raw`` the raw samples; ``m.extra`` any further
+        payload (e.g. per-node figures of an in-context attribution)."""
         with self.conn:
             return self._insert("measurements", m.row(), "INSERT OR IGNORE") != 0
 
     def measurement_list(self, device: str | None = None, session_id: int | None = None,
-                         signatures: Iterable[str] | None = None) -> list[Measurement]:
-        """Stored measurements (oldest first), optionally of one device, session or signatures."""
+                         signatures: Iterable[str] | None = None, settings_id: int | None = None,
+                         kind: str | None = None) -> list[Measurement]:
+        """Stored measurements (oldest first), optionally of one device, session, settings,
+        kind or set of signatures."""
         where, args = [], []
-        if device:
-            where.append("device = ?")
-            args.append(device)
-        if session_id is not None:
-            where.append("session_id = ?")
-            args.append(session_id)
+        for col, val in (("device", device), ("session_id", session_id),
+                         ("settings_id", settings_id), ("kind", kind)):
+            if val is not None:
+                where.append(f"{col} = ?")
+                args.append(val)
         if signatures is not None:
             sigs = list(signatures)
             where.append(f"signature IN ({','.join('?' for _ in sigs)})")
@@ -426,25 +436,138 @@ class Database:
         sql = "SELECT * FROM measurements" + (" WHERE " + " AND ".join(where) if where else "")
         return [from_row(Measurement, r) for r in self._rows(sql + " ORDER BY id", args)]
 
-    def done_signatures(self, device: str) -> set[str]:
-        """Signatures with a finished measurement (ok, unsupported or not fitting) on device."""
+    def done_signatures(self, device: str, settings_id: int | None,
+                        kind: str = "isolated") -> set[str]:
+        """Signatures with a finished measurement (ok, unsupported or not fitting) on ``device``
+        under settings ``settings_id``: what a resumed profile need not measure again. A profile
+        under other settings (``--threads 2`` after ``--threads 1``) reuses nothing."""
         q = ",".join("?" for _ in DONE_STATUSES)
         return {r[0] for r in self.conn.execute(
-            f"SELECT signature FROM current_measurements WHERE device = ? AND status IN ({q})",
-            (device, *DONE_STATUSES))}
+            f"SELECT signature FROM current_measurements WHERE device = ? AND settings_id IS ?"
+            f" AND kind = ? AND status IN ({q})", (device, settings_id, kind, *DONE_STATUSES))}
+
+    # --- settings ----------------------------------------------------------------------------
+
+    def add_settings(self, rec: SettingsRecord) -> int:
+        """The id of the settings row with ``rec``'s fingerprint, inserted if new."""
+        with self.conn:
+            self._insert("settings", to_row(rec), "INSERT OR IGNORE")
+        return self.conn.execute("SELECT id FROM settings WHERE fingerprint = ?",
+                                 (rec.fingerprint,)).fetchone()[0]
+
+    def get_settings(self, ref: int | str) -> SettingsRecord:
+        """A settings row by id (``3`` or ``"3"``) or fingerprint (or a unique prefix of one)."""
+        text = str(ref).strip()
+        if text.isdigit():
+            rows = self._rows("SELECT * FROM settings WHERE id = ?", (int(text),))
+        else:
+            rows = self._rows("SELECT * FROM settings WHERE fingerprint LIKE ? ORDER BY id",
+                              (text.lower() + "%",)) if text else []
+        if len(rows) > 1:
+            raise CostdbError(f"settings {text!r} is ambiguous ({len(rows)} fingerprints start "
+                              "with it); give more digits or the id ('costdb settings' lists them)")
+        if not rows:
+            raise CostdbError(f"settings {text!r} is not in {self.path}; 'costdb settings' lists "
+                              "the settings ids and fingerprints")
+        return from_row(SettingsRecord, rows[0])
+
+    def settings_list(self, device: str | None = None) -> list[SettingsRecord]:
+        """Settings rows (of the measurements of ``device``, if given), oldest first."""
+        if device is None:
+            rows = self._rows("SELECT * FROM settings ORDER BY id")
+        else:
+            rows = self._rows("SELECT * FROM settings WHERE id IN (SELECT DISTINCT settings_id"
+                              " FROM measurements WHERE device = ?) ORDER BY id", (device,))
+        return [from_row(SettingsRecord, r) for r in rows]
+
+    def settings(self, device: str | None = None) -> "pd.DataFrame":
+        """One row per (device, settings fingerprint, kind) with measurements: how many, from
+        which sessions, when, and the settings' fields."""
+        sql = """SELECT m.device, m.settings_id AS id, st.fingerprint, m.kind,
+                        count(*) AS measurements, count(DISTINCT m.signature) AS ops,
+                        group_concat(DISTINCT m.session_id) AS sessions,
+                        min(m.measured_at) AS first_measured, max(m.measured_at) AS last_measured
+                 FROM measurements m LEFT JOIN settings st ON st.id = m.settings_id"""
+        args: tuple = ()
+        if device:
+            self.require_device(device)
+            sql, args = sql + " WHERE m.device = ?", (device,)
+        df = self._frame(sql + " GROUP BY m.device, m.settings_id, m.kind ORDER BY m.device,"
+                               " m.settings_id, m.kind", args)
+        recs = {r.id: r for r in self.settings_list()}
+        for k in IDENTITY:
+            df[k] = [getattr(recs[int(i)], k) if i == i and i is not None and int(i) in recs
+                     else None for i in df["id"]]
+        return df
+
+    def resolve_settings(self, device: str, model: str | int | None = None,
+                         settings: int | str | None = None, kind: str = "isolated",
+                         session: int | None = None) -> int | None:
+        """The one settings id a cost table of ``model`` on ``device`` is built from.
+
+        ``settings``: None (the only fingerprint the model's measurements have; refused with a
+        one-line CostdbError naming the differing settings when there are several), ``"latest"``
+        (the settings of the newest measurement), an id or a fingerprint (prefix). ``session``
+        restricts the choice to that session's measurements.
+        """
+        if kind not in KINDS:
+            raise CostdbError(f"unknown measurement kind {kind!r}; use {' or '.join(KINDS)}")
+        where = ["m.device = ?", "m.kind = ?"]
+        args: list[Any] = [device, kind]
+        if model is not None:
+            where.append("m.signature IN (SELECT signature FROM graph_nodes WHERE model_id = ?)")
+            args.append(self.resolve_model(model))
+        if session is not None:
+            rec = self.session(session)
+            if rec.device != device:
+                raise CostdbError(f"session {session} profiled {rec.device!r}, not {device!r}")
+            where.append("m.session_id = ?")
+            args.append(session)
+        groups = self.conn.execute(
+            f"SELECT m.settings_id, max(m.id) FROM measurements m WHERE {' AND '.join(where)}"
+            " GROUP BY m.settings_id ORDER BY max(m.id)", args).fetchall()
+        ids = [g[0] for g in groups]
+        what = (f"{self.model(model).key} on {device}" if model is not None else device) + \
+            (f" in session {session}" if session is not None else "")
+        if settings is not None and str(settings).strip().lower() == LATEST:
+            return ids[-1] if ids else None
+        if settings is not None:
+            rec = self.get_settings(settings)
+            if rec.id not in ids:
+                raise CostdbError(
+                    f"settings #{rec.id} has no {kind} measurements of {what}; "
+                    + (f"settings with data: {', '.join(f'#{i}' for i in ids if i is not None)}"
+                       if ids else "profile it first"))
+            return rec.id
+        if len(ids) <= 1:
+            return ids[0] if ids else None
+        recs = [self.get_settings(i) if i is not None else SettingsRecord() for i in ids]
+        diff = differing(recs)
+        listed = "; ".join(f"#{i if i is not None else '?'} {describe(r, diff)}"
+                           for i, r in zip(ids, recs))
+        raise CostdbError(
+            f"the {kind} measurements of {what} were taken under {len(ids)} different settings "
+            f"({listed}); costs are never mixed across settings: choose one with --settings "
+            f"latest|ID (in Python settings='latest' or an id; 'costdb settings --device "
+            f"{device}' lists them)")
+
+    # --- iterations --------------------------------------------------------------------------------
 
     def add_iteration(self, device: str, model_id: int, session_id: int | None,
-                      stats: dict[str, Any]) -> int:
+                      stats: dict[str, Any], settings_id: int | None = None) -> int:
         """Store a measured whole training iteration (forward + loss + backward + update).
 
         ``stats``: ``median`` (s), ``stdev``, ``cv``, ``samples``, ``threads``, ``optimizer``,
-        ``provenance`` — what ``profiler.iteration.measure_iteration`` returns.
+        ``provenance`` and, when measured, the phase medians ``fwd_s`` (forward incl. loss),
+        ``bwd_s`` and ``update_s`` — what ``profiler.iteration.measure_iteration`` returns.
         """
         rec = IterationRecord(device=device, model_id=model_id, session_id=session_id,
                               runtime_s=stats["median"], runtime_stdev_s=stats.get("stdev"),
                               runtime_cv=stats.get("cv"), samples=stats.get("samples"),
                               threads=stats.get("threads"), optimizer=stats.get("optimizer"),
-                              runtime_provenance=stats.get("provenance", "measured"))
+                              runtime_provenance=stats.get("provenance", "measured"),
+                              settings_id=settings_id, fwd_runtime_s=stats.get("fwd_s"),
+                              bwd_runtime_s=stats.get("bwd_s"), update_runtime_s=stats.get("update_s"))
         with self.conn:
             return self._insert("iterations", to_row(rec))
 
@@ -460,19 +583,37 @@ class Database:
         sql = "SELECT * FROM iterations" + (" WHERE " + " AND ".join(where) if where else "")
         return [from_row(IterationRecord, r) for r in self._rows(sql + " ORDER BY id", args)]
 
-    def predicted_runtime(self, device: str, model_id: int) -> float | None:
-        """The cost model's iteration time: the sum of the current node medians, or None while
-        a node is unmeasured."""
-        row = self.conn.execute(
-            "SELECT sum(m.runtime_s), count(*), count(m.runtime_s) FROM graph_nodes g LEFT JOIN"
-            " current_measurements m ON m.signature = g.signature AND m.device = ?"
-            " WHERE g.model_id = ?", (device, model_id)).fetchone()
-        return row[0] if row[1] == row[2] else None
+    def predicted_runtime(self, device: str, model_id: int, settings_id: int | None = None,
+                          kind: str = "isolated") -> dict[str, float | None]:
+        """The cost model's iteration time under one settings fingerprint: ``{"total", "fwd",
+        "bwd", "update"}`` sums of node medians (None while a node of the group is unmeasured)."""
+        rows = self.conn.execute(
+            """WITH pick AS (SELECT signature, MAX(id) AS id FROM measurements
+                             WHERE device = ? AND kind = ? AND settings_id IS ? GROUP BY signature)
+               SELECT g.phase, sum(m.runtime_s), count(*), count(m.runtime_s)
+               FROM graph_nodes g LEFT JOIN pick p ON p.signature = g.signature
+               LEFT JOIN measurements m ON m.id = p.id
+               WHERE g.model_id = ? GROUP BY g.phase""",
+            (device, kind, settings_id, model_id)).fetchall()
+        by_phase = {ph: (tot, n, n_rt) for ph, tot, n, n_rt in rows}
+
+        def total(phases: Iterable[str]) -> float | None:
+            parts = [by_phase[p] for p in phases if p in by_phase]
+            if not parts or any(n != n_rt for _, n, n_rt in parts):
+                return None
+            return float(sum(t or 0.0 for t, _, _ in parts))
+        out = {g: total(ph) for g, ph in PHASE_GROUPS.items()}
+        out["total"] = total(by_phase)
+        return out
 
     def iterations(self, device: str | None = None) -> "pd.DataFrame":
-        """Measured whole iterations beside the cost model's prediction (sum of node medians)."""
+        """Measured whole iterations beside the cost model's prediction (sum of the node
+        medians taken under the iteration's settings): totals and, where the phases were timed,
+        forward / backward / update with their relative errors."""
         sql = """SELECT i.device, m.key AS model, i.runtime_s AS measured_s, i.runtime_cv,
                         i.samples, i.threads, i.optimizer, i.runtime_provenance, i.measured_at,
+                        i.settings_id, i.fwd_runtime_s AS fwd_measured_s,
+                        i.bwd_runtime_s AS bwd_measured_s, i.update_runtime_s AS update_measured_s,
                         i.model_id
                  FROM iterations i JOIN models m ON m.id = i.model_id"""
         args: tuple = ()
@@ -480,9 +621,15 @@ class Database:
             sql += " WHERE i.device = ?"
             args = (device,)
         df = self._frame(sql + " ORDER BY i.id", args)
-        df["predicted_s"] = [self.predicted_runtime(dev, int(mid))
-                             for dev, mid in zip(df["device"], df["model_id"])]
+        preds = [self.predicted_runtime(dev, int(mid), None if sid != sid else
+                                        (None if sid is None else int(sid)))
+                 for dev, mid, sid in zip(df["device"], df["model_id"], df["settings_id"])]
+        df["predicted_s"] = [p["total"] for p in preds]
         df["error"] = (df["predicted_s"] - df["measured_s"]) / df["measured_s"]
+        for g in PHASE_GROUPS:
+            df[f"{g}_predicted_s"] = [p[g] for p in preds]
+            df[f"{g}_error"] = ((df[f"{g}_predicted_s"].astype(float) - df[f"{g}_measured_s"].astype(float))
+                                / df[f"{g}_measured_s"].astype(float))
         return df.drop(columns=["model_id"])
 
     # --- what has data -----------------------------------------------------------------------------
@@ -590,63 +737,100 @@ class Database:
         return self._frame(sql + " ORDER BY id", args)
 
     def costs(self, device: str, model: str | int, batch: int | None = None,
-              input_shape: Any = None, dtype: str | None = None) -> "pd.DataFrame":
-        """One row per graph node of ``model`` with the device's current measurement of its op.
-
-        Nodes whose op has not been measured yet have NaN costs (status None).
+              input_shape: Any = None, dtype: str | None = None, settings: int | str | None = None,
+              kind: str = "isolated", session: int | None = None) -> "pd.DataFrame":
+        """One row per graph node of ``model``: the device's newest measurement of its op under
+        ONE settings fingerprint and kind (``resolve_settings``: ``settings`` None refuses when
+        the measurements differ in settings, ``"latest"`` or an id chooses). ``session`` keeps
+        only that session's measurements. Nodes without one have NaN costs (status None);
+        columns ``settings_id`` and ``kind`` say what the figures are.
         """
         self.require_device(device)
         mid = self.resolve_model(model, batch, input_shape, dtype)
+        sid = self.resolve_settings(device, mid, settings, kind, session)
+        return self._cost_frame(device, mid, sid, kind, session)
+
+    def _cost_frame(self, device: str, mid: int, sid: int | None, kind: str,
+                    session: int | None = None) -> "pd.DataFrame":
+        extra, args = "", [device, kind, sid]
+        if session is not None:
+            extra, args = " AND session_id = ?", args + [session]
         df = self._frame(f"""
+            WITH pick AS (
+                SELECT signature, MAX(id) AS id FROM measurements
+                WHERE device = ? AND kind = ? AND settings_id IS ?{extra}
+                  AND signature IN (SELECT signature FROM graph_nodes WHERE model_id = ?)
+                GROUP BY signature)
             SELECT g.idx, g.name, g.layer, g.op, g.phase, g.signature, g.deps_json AS deps,
                    g.flops, g.output_bytes, g.param_bytes, {_COST_COLUMNS}
-            FROM graph_nodes g
-            LEFT JOIN current_measurements m ON m.signature = g.signature AND m.device = ?
-            WHERE g.model_id = ? ORDER BY g.idx""", (device, mid))
+            FROM graph_nodes g LEFT JOIN pick p ON p.signature = g.signature
+            LEFT JOIN measurements m ON m.id = p.id
+            WHERE g.model_id = ? ORDER BY g.idx""", (*args, mid, mid))
         df["deps"] = df["deps"].map(json.loads)
         df["unstable"] = df["unstable"].map(lambda v: bool(v) if v == v and v is not None else None)
         df.insert(0, "device", device)
+        df.attrs.update(settings_id=sid, kind=kind, model_id=mid)
         return df
 
-    def ops(self, device: str | None = None) -> "pd.DataFrame":
-        """One row per (device, distinct op signature) with its current measurement."""
+    def ops(self, device: str | None = None, settings: int | str | None = None,
+            kind: str | None = None) -> "pd.DataFrame":
+        """One row per (device, distinct op signature, settings, kind) with its newest
+        measurement; ``settings`` (an id, fingerprint or ``"latest"`` per device) and ``kind``
+        filter. Rows of different settings are separate, never merged."""
         sql = f"""
             SELECT m.device, o.signature, o.op, o.phase, o.dtype, o.inputs_json AS inputs,
                    o.params_json AS params, o.attrs_json AS attrs, m.output_bytes,
                    (SELECT count(*) FROM graph_nodes g WHERE g.signature = o.signature) AS uses,
                    {_COST_COLUMNS}, m.runtime_min_s, m.runtime_max_s, m.inner_loops, m.error
-            FROM current_measurements m JOIN ops o USING (signature)"""
-        args: tuple = ()
+            FROM current_measurements m JOIN ops o ON o.signature = m.signature"""
+        where, args = [], []
         if device:
             self.require_device(device)
-            sql += " WHERE m.device = ?"
-            args = (device,)
-        return self._frame(sql + " ORDER BY m.device, m.runtime_s DESC", args)
+            where.append("m.device = ?")
+            args.append(device)
+        if kind is not None:
+            where.append("m.kind = ?")
+            args.append(kind)
+        if settings is not None:
+            if str(settings).strip().lower() == LATEST:
+                where.append("m.settings_id IS (SELECT m2.settings_id FROM measurements m2"
+                             " WHERE m2.device = m.device ORDER BY m2.id DESC LIMIT 1)")
+            else:
+                where.append("m.settings_id = ?")
+                args.append(self.get_settings(settings).id)
+        if where:
+            sql += " WHERE " + " AND ".join(where)
+        return self._frame(sql + " ORDER BY m.device, m.settings_id, m.kind, m.runtime_s DESC", args)
 
     def summary(self, device: str | None = None) -> "pd.DataFrame":
-        """Per (device, model): nodes measured, summed runtime and energy per phase and total."""
-        devices = [device] if device else [r[0] for r in self.conn.execute(
-            "SELECT DISTINCT device FROM measurements ORDER BY device")]
+        """Per (device, model, settings, kind) with ok measurements: nodes measured, summed
+        runtime and energy per phase and total (one row per fingerprint: never mixed)."""
+        if device:
+            self.require_device(device)
+        combos = self.conn.execute(
+            "SELECT DISTINCT m.device, g.model_id, m.settings_id, m.kind FROM measurements m"
+            " JOIN graph_nodes g ON g.signature = m.signature WHERE m.status = 'ok'"
+            + (" AND m.device = ?" if device else "") + " ORDER BY 1, 2, 3, 4",
+            (device,) if device else ()).fetchall()
+        models = {m.id: m for m in self.model_list()}
         rows = []
-        for dev in devices:
-            for m in self.model_list():
-                df = self.costs(dev, m.key)
-                measured = df["status"].eq("ok")
-                if not measured.any():
-                    continue
-                row = {"device": dev, "model": m.name, "key": m.key, "nodes": len(df),
-                       "nodes_measured": int(measured.sum()),
-                       "runtime_s": float(df["runtime_s"].sum()),
-                       "energy_j": float(df["energy_j"].sum()),
-                       "param_bytes": int(df.loc[df.phase == "fwd", "param_bytes"].sum()),
-                       "activation_bytes": int(df.loc[df.phase == "fwd", "output_bytes"].sum()),
-                       "max_peak_memory_bytes": float(df["peak_memory_bytes"].max()),
-                       "unstable_ops": int(df.drop_duplicates("signature")["unstable"].eq(True).sum()),
-                       "energy_provenance": ",".join(sorted(set(df["energy_provenance"].dropna()))),
-                       "runtime_provenance": ",".join(sorted(set(df["runtime_provenance"].dropna())))}
-                for phase in ("fwd", "loss", "bwd_data", "bwd_weight", "update"):
-                    row[f"{phase}_runtime_s"] = float(df.loc[df.phase == phase, "runtime_s"].sum())
-                rows.append(row)
+        for dev, mid, sid, kind in combos:
+            m = models[mid]
+            df = self._cost_frame(dev, mid, sid, kind)
+            measured = df["status"].eq("ok")
+            row = {"device": dev, "model": m.name, "key": m.key, "settings_id": sid, "kind": kind,
+                   "nodes": len(df), "nodes_measured": int(measured.sum()),
+                   "runtime_s": float(df["runtime_s"].sum()),
+                   "energy_j": float(df["energy_j"].sum()),
+                   "param_bytes": int(df.loc[df.phase == "fwd", "param_bytes"].sum()),
+                   "activation_bytes": int(df.loc[df.phase == "fwd", "output_bytes"].sum()),
+                   "max_peak_memory_bytes": float(df["peak_memory_bytes"].max()),
+                   "unstable_ops": int(df.drop_duplicates("signature")["unstable"].eq(True).sum()),
+                   "energy_provenance": ",".join(sorted(set(df["energy_provenance"].dropna()))),
+                   "runtime_provenance": ",".join(sorted(set(df["runtime_provenance"].dropna())))}
+            for phase in ("fwd", "loss", "bwd_data", "bwd_weight", "update"):
+                row[f"{phase}_runtime_s"] = float(df.loc[df.phase == phase, "runtime_s"].sum())
+            rows.append(row)
         return _pd().DataFrame(rows)
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> "pd.DataFrame":

@@ -17,11 +17,13 @@ from dataclasses import dataclass, field, fields
 from datetime import datetime, timezone
 from typing import Any, Mapping, TypeVar
 
-__all__ = ["PROVENANCES", "STATUSES", "DONE_STATUSES", "now_iso", "to_row", "from_row",
+__all__ = ["PROVENANCES", "KINDS", "STATUSES", "DONE_STATUSES", "now_iso", "to_row", "from_row",
            "DeviceRecord", "SessionRecord", "OpRecord", "Measurement", "ModelRecord",
            "IterationRecord", "SweepRecord", "ScheduleRecord", "ParetoPointRecord"]
 
 PROVENANCES = ("measured", "modeled", "emulated")
+#: measurement kinds: the op alone in a calibrated loop, or attributed from traced real iterations
+KINDS = ("isolated", "in_context")
 STATUSES = ("ok", "unsupported", "does_not_fit", "error")
 #: statuses that count as done: re-running a profile does not measure them again
 DONE_STATUSES = ("ok", "unsupported", "does_not_fit")
@@ -132,6 +134,13 @@ class SessionRecord:
     environment: dict[str, Any] = _json("environment_json")
     settings: dict[str, Any] = _json("settings_json")
     warnings: tuple[str, ...] = _tuple("warnings_json")
+    #: the settings its measurements were taken under (costdb.settings)
+    settings_id: int | None = None
+
+    @property
+    def identity(self) -> tuple[Any, ...]:
+        """What makes a session the same one in another database (``costdb merge``)."""
+        return (self.device, self.host, self.started_at, self.pid)
 
     @property
     def facts(self) -> dict[str, Any]:
@@ -198,10 +207,23 @@ class Measurement:
     error: str | None = None
     measured_at: str = field(default_factory=now_iso)
     extra: dict[str, Any] = _json("extra_json", null_empty=True)
+    #: ``isolated`` (calibrated loop) or ``in_context`` (attributed from traced iterations)
+    kind: str = "isolated"
+    settings_id: int | None = None
+    #: raw samples: ``{"values": [per-call seconds of each sample], "inner_loops": n}`` (plus
+    #: ``first_values`` when the op was re-measured), so statistics can be recomputed
+    raw: dict[str, Any] = _json("samples_json", null_empty=True)
     #: row id when read back from the database (never written)
     id: int | None = field(default=None, compare=False, metadata={"key": False})
 
+    @property
+    def values(self) -> tuple[float, ...]:
+        """Per-call time of every sample (seconds); empty when not stored (schema < 4)."""
+        return tuple(float(v) for v in (self.raw or {}).get("values") or ())
+
     def __post_init__(self) -> None:
+        if self.kind not in KINDS:
+            raise ValueError(f"kind {self.kind!r} not in {KINDS}")
         if self.status not in STATUSES:
             raise ValueError(f"status {self.status!r} not in {STATUSES}")
         if self.runtime_provenance not in PROVENANCES:
@@ -228,7 +250,7 @@ class Measurement:
         energy = energy or {}
         known = {"signature", "status", "error", "runtime", "inner_loops", "unstable",
                  "remeasured", "runtime_provenance", "peak_memory_bytes", "output_bytes",
-                 "energy", "device", "input_bytes"}
+                 "energy", "device", "input_bytes", "raw"}
         extra = {k: v for k, v in result.items() if k not in known}
         if result.get("input_bytes") is not None:
             extra["input_bytes"] = result["input_bytes"]
@@ -249,7 +271,8 @@ class Measurement:
             energy_j=energy.get("energy_j"), energy_net_j=energy.get("energy_net_j"),
             energy_window_s=energy.get("energy_window_s"),
             energy_provenance=energy.get("energy_provenance"),
-            energy_sensor=energy.get("energy_sensor"), extra=extra, **fields_)
+            energy_sensor=energy.get("energy_sensor"), extra=extra,
+            raw=dict(result.get("raw") or {}), **fields_)
 
     def row(self) -> dict[str, Any]:
         return to_row(self)
@@ -291,6 +314,11 @@ class IterationRecord:
     optimizer: str | None = None
     runtime_provenance: str = "measured"
     measured_at: str = field(default_factory=now_iso)
+    settings_id: int | None = None
+    #: measured time of the forward (incl. loss), backward and optimizer phases, when known
+    fwd_runtime_s: float | None = None
+    bwd_runtime_s: float | None = None
+    update_runtime_s: float | None = None
     id: int | None = field(default=None, compare=False, metadata={"key": False})
 
 
@@ -312,6 +340,8 @@ class SweepRecord:
     status: str = "running"
     started_at: str = field(default_factory=now_iso)
     ended_at: str | None = None
+    settings_id: int | None = None
+    cost_kind: str | None = None
     id: int | None = field(default=None, compare=False, metadata={"key": False})
 
 
@@ -359,6 +389,11 @@ class ScheduleRecord:
     schedule_blob: bytes | None = None
     sweep_id: int | None = None
     created_at: str = field(default_factory=now_iso)
+    #: why there is no schedule (infeasible: the limits that would work), or solver notes
+    message: str | None = None
+    #: the settings fingerprint and measurement kind of the costs solved with (None: modelled)
+    settings_id: int | None = None
+    cost_kind: str | None = None
     id: int | None = field(default=None, compare=False, metadata={"key": False})
 
     @property
@@ -389,6 +424,7 @@ class ParetoPointRecord:
     schedule_id: int | None = None
     pareto: bool = _bool()
     created_at: str = field(default_factory=now_iso)
+    message: str | None = None
     id: int | None = field(default=None, compare=False, metadata={"key": False})
 
     @property

@@ -494,8 +494,13 @@ def _prov(s: set[str]) -> str:
 
 def instance_from_db(db: Any, device: str, model: str, batch: int | None = None,
                      input_shape: Any = None, granularity: str = "layer", inventory: Any = None,
-                     optimizer_state_factor: float | None = None) -> Instance:
+                     optimizer_state_factor: float | None = None, settings: Any = None,
+                     kind: str = "isolated") -> Instance:
     """Instance for ``model`` on ``device`` from the cost database (a ``costdb.Database``).
+
+    The measured costs are those of one settings fingerprint and kind (``settings``: None, when
+    the measurements agree, ``"latest"`` or an id; see ``costdb.Database.costs``); the instance's
+    ``meta`` records ``settings_id`` and ``cost_kind`` and the stored schedules carry them.
 
     Measured costs (status ``ok``) are used where present; the rest is modelled from the device
     profile (provenance ``modeled``). A model not yet stored is built from the zoo and saved, so a
@@ -516,8 +521,10 @@ def instance_from_db(db: Any, device: str, model: str, batch: int | None = None,
         mid = db.model_id(g.key) or db.save_graph(g)
     graph = db.graph(mid)
     costs: dict[int, dict[str, Any]] = {}
+    settings_id = None
     if db.device(device) is not None:
-        df = db.costs(device, mid)
+        df = db.costs(device, mid, settings=settings, kind=kind)
+        settings_id = df.attrs.get("settings_id")
         for r in df.itertuples(index=False):
             if r.status != "ok":
                 continue
@@ -529,7 +536,9 @@ def instance_from_db(db: Any, device: str, model: str, batch: int | None = None,
                                  "runtime_provenance": r.runtime_provenance,
                                  "energy_provenance": r.energy_provenance}
     inst = instance_from_graph(graph, profile, costs, granularity, optimizer_state_factor, model_id=mid)
-    return replace(inst, meta={**inst.meta, "measured_nodes": len(costs)})
+    return replace(inst, meta={**inst.meta, "measured_nodes": len(costs),
+                               "settings_id": settings_id if costs else None,
+                               "cost_kind": kind if costs else None})
 
 
 def mid_key(db: Any, mid: int) -> str:

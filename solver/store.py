@@ -63,7 +63,8 @@ def schedule_record(inst: Instance, res: SolveResult, sweep_id: int | None = Non
         record=json.loads(json.dumps(res.record(), default=str)),
         schedule_json=res.schedule.to_json(names) if res.schedule else None,
         schedule_blob=res.schedule.to_bytes() if res.schedule else None,
-        sweep_id=sweep_id)
+        sweep_id=sweep_id, message=res.message or None,
+        settings_id=inst.meta.get("settings_id"), cost_kind=inst.meta.get("cost_kind"))
 
 
 def save_schedule(db: Database, inst: Instance, res: SolveResult, sweep_id: int | None = None) -> int:
@@ -102,7 +103,8 @@ def create_sweep(db: Database, inst: Instance, mode: str, budgets: list[int],
         device=inst.device or None, model_id=inst.model_id, graph_name=inst.name,
         graph_digest=inst.digest(), mode=mode, budgets=tuple(budgets), deadlines=tuple(deadlines),
         objectives=tuple(objectives), options=json.loads(json.dumps(options, default=str)),
-        executor=executor, n_points=len(budgets) * len(deadlines), status="running"))
+        executor=executor, n_points=len(budgets) * len(deadlines), status="running",
+        settings_id=inst.meta.get("settings_id"), cost_kind=inst.meta.get("cost_kind")))
 
 
 def finish_sweep(db: Database, sweep_id: int, status: str = "done") -> None:
@@ -116,7 +118,7 @@ def save_point(db: Database, sweep_id: int, inst: Instance, res: SolveResult,
         graph_name=inst.name, mode=res.mode, baseline=baseline, budget_bytes=res.budget_bytes,
         deadline_s=res.deadline_s, status=res.status, energy_j=res.energy_j,
         runtime_s=res.runtime_s, peak_memory_bytes=res.peak_memory_bytes,
-        schedule_id=schedule_id, pareto=bool(pareto)))
+        schedule_id=schedule_id, pareto=bool(pareto), message=res.message or None))
 
 
 def pareto_points(db: Database, sweep_id: int | None = None) -> pd.DataFrame:

@@ -14,6 +14,16 @@ DEFAULT_DB = "costs.db"
 db_option = click.option("--db", "db_path", default=lambda: os.environ.get("COSTDB_DB", DEFAULT_DB),
                          show_default="costs.db or $COSTDB_DB", type=click.Path(dir_okay=False),
                          help="SQLite cost database file.")
+settings_option = click.option(
+    "--settings", default=None, metavar="latest|ID",
+    help="Measurements of this settings fingerprint (an id or fingerprint from 'costdb settings', "
+         "or latest); needed when the model was profiled under several settings.")
+session_option = click.option("--session", type=int, default=None,
+                              help="Only the measurements of this session (see 'costdb sessions').")
+kind_option = click.option("--kind", type=click.Choice(["isolated", "in_context"]),
+                           default="isolated", show_default=True,
+                           help="isolated: each op alone in a calibrated loop; in_context: "
+                                "attributed from traced real training iterations.")
 inventory_option = click.option("--inventory", type=click.Path(dir_okay=False), default=None,
                                 help="Inventory TOML (default: $COSTDB_INVENTORY or "
                                      "~/.config/costdb/inventory.toml).")

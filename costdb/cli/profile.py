@@ -152,7 +152,7 @@ def profile(devices: tuple[str, ...], model: str, batch: int | None, input_shape
             err.print(f"[yellow]Warning:[/] op {sig} is unstable (CV above 10% after re-measuring)")
         for f in res.failed:
             err.print(f"[red]Failed:[/] {escape(f)}")
-        print_costs(db_path, device, res.model_key, top, out)
+        print_costs(db_path, device, res.model_key, top, out, settings=res.settings_id)
         if res.iteration_s is not None:
             import costdb
             with costdb.open(db_path, readonly=True) as db:

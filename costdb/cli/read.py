@@ -5,7 +5,8 @@ from typing import Any
 
 import click
 
-from costdb.cli.common import console, db_option, emit_frame, escape, table
+from costdb.cli.common import (console, db_option, emit_frame, escape, kind_option,
+                               session_option, settings_option, table)
 from costdb.errors import CostdbError
 from costdb.units import fmt_bytes, fmt_joules, fmt_seconds, parse_shape
 
@@ -77,9 +78,17 @@ def print_costs(db_path: str, device: str, model_key: str, top: int | None, con:
     with costdb.open(db_path, readonly=True) as db:
         df = db.costs(device, model_key, **select)
         graph = db.graph(model_key)
+        sid = df.attrs.get("settings_id")
+        under = f"settings #{sid} ({db.get_settings(sid).describe()})" if sid is not None \
+            else "no settings recorded"
+        sessions = sorted({int(s) for s in df["session_id"].dropna()})
     df["input"] = df["signature"].map(op_labels(graph))
     con.print(cost_table(df, escape(f"{model_key} on {device}: {df.signature.nunique()} distinct "
                                     f"ops, {len(df)} graph nodes"), top))
+    kind = df.attrs.get("kind", "isolated")
+    con.print(escape(f"{kind} measurements under {under}; from session"
+                     f"{'s' if len(sessions) != 1 else ''} "
+                     f"{', '.join(map(str, sessions)) or '-'}"))
     measured = df["status"].eq("ok")
     prov = ",".join(sorted(set(df["energy_provenance"].dropna()))) or "-"
     rprov = ",".join(sorted(set(df["runtime_provenance"].dropna()))) or "-"
@@ -96,14 +105,21 @@ def print_costs(db_path: str, device: str, model_key: str, top: int | None, con:
 @click.option("--batch", type=int, default=None)
 @click.option("--input", "input_shape", default=None, metavar="CxHxW")
 @db_option
+@settings_option
+@session_option
+@kind_option
 @click.option("--top", type=click.IntRange(min=0), default=30, show_default=True)
 def costs(device: str, model: str, batch: int | None, input_shape: str | None, db_path: str,
-          top: int) -> None:
-    """Print the cost table of a profiled model on a device."""
+          settings: str | None, session: int | None, kind: str, top: int) -> None:
+    """Print the cost table of a profiled model on a device.
+
+    The table is built from the measurements of one settings fingerprint; when the model was
+    profiled under several (--threads 1 and 2, say) choose with --settings latest|ID.
+    """
     import costdb
     with costdb.open(db_path, readonly=True) as db:
         key = db.model(model, batch, parse_shape(input_shape) if input_shape else None).key
-    print_costs(db_path, device, key, top, console())
+    print_costs(db_path, device, key, top, console(), settings=settings, session=session, kind=kind)
 
 
 @click.command()
@@ -126,16 +142,23 @@ def query(sql: str, db_path: str, fmt: str) -> None:
 @click.option("--model", default=None, help="Per-node costs of this model (else: per distinct op).")
 @click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
               help="Output file (default: stdout for csv/json).")
-def export(db_path: str, fmt: str, device: str | None, model: str | None, output: str | None) -> None:
-    """Export costs: per distinct op, or per graph node of --model (needs --device)."""
+@settings_option
+@session_option
+@kind_option
+def export(db_path: str, fmt: str, device: str | None, model: str | None, output: str | None,
+           settings: str | None, session: int | None, kind: str) -> None:
+    """Export costs: per distinct op (one row per op and settings fingerprint, column
+    settings_id), or per graph node of --model (needs --device; one fingerprint)."""
     import costdb
     with costdb.open(db_path, readonly=True) as db:
         if model:
             if not device:
                 raise CostdbError("--model needs --device: costs are per device")
-            df = db.costs(device, model)
+            df = db.costs(device, model, settings=settings, session=session, kind=kind)
         else:
-            df = db.ops(device)
+            if session is not None:
+                raise CostdbError("--session selects a cost table: give --device and --model too")
+            df = db.ops(device, settings=settings, kind=kind)
     emit_frame(df, fmt, output)
 
 
