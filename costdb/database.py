@@ -145,6 +145,36 @@ class Database:
             conn.execute("PRAGMA journal_mode = WAL")
         self.conn = conn
 
+    @classmethod
+    def snapshot(cls, path: str | os.PathLike) -> "Database":
+        """A read-only, in-memory copy of ``path`` at the latest schema: for reading a file
+        that must not change (the inputs of ``costdb merge``); an older file is migrated in
+        the copy only."""
+        path = Path(path)
+        preflight(path, readonly=True)
+        try:
+            src = _connect_ro(path)
+            mem = sqlite3.connect(":memory:", check_same_thread=False)
+            try:
+                src.backup(mem)
+            finally:
+                src.close()
+            found = schema.version(mem)
+        except sqlite3.DatabaseError as e:
+            raise CostdbError(f"{path} is not a usable costdb database ({e}); give another "
+                              "file") from None
+        if found > schema.LATEST:
+            raise CostdbError(f"database {path} has schema version {found}, newer than this "
+                              f"costdb supports ({schema.LATEST}); upgrade costdb")
+        if found == 0:
+            raise CostdbError(f"{path} is not a costdb database (no costdb schema); give another file")
+        mem.execute("PRAGMA foreign_keys = ON")
+        if found < schema.LATEST:
+            schema.migrate(mem)
+        db = cls.__new__(cls)
+        db.path, db.readonly, db.conn = path, True, mem
+        return db
+
     @staticmethod
     def _has_tables(conn: sqlite3.Connection) -> bool:
         return conn.execute("SELECT count(*) FROM sqlite_master WHERE type='table'").fetchone()[0] > 0
@@ -480,6 +510,12 @@ class Database:
                               " FROM measurements WHERE device = ?) ORDER BY id", (device,))
         return [from_row(SettingsRecord, r) for r in rows]
 
+    def settings_devices(self, settings_id: int) -> list[str]:
+        """Devices with measurements under settings ``settings_id``."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT DISTINCT device FROM measurements WHERE settings_id = ? ORDER BY device",
+            (settings_id,))]
+
     def settings(self, device: str | None = None) -> "pd.DataFrame":
         """One row per (device, settings fingerprint, kind) with measurements: how many, from
         which sessions, when, and the settings' fields."""
@@ -524,10 +560,12 @@ class Database:
             where.append("m.session_id = ?")
             args.append(session)
         groups = self.conn.execute(
-            f"SELECT m.settings_id, max(m.id) FROM measurements m WHERE {' AND '.join(where)}"
-            " GROUP BY m.settings_id ORDER BY max(m.id)", args).fetchall()
+            f"SELECT m.settings_id, max(m.id), count(DISTINCT m.signature) FROM measurements m"
+            f" WHERE {' AND '.join(where)} GROUP BY m.settings_id ORDER BY max(m.id)", args).fetchall()
         ids = [g[0] for g in groups]
-        what = (f"{self.model(model).key} on {device}" if model is not None else device) + \
+        n_ops = {g[0]: g[2] for g in groups}
+        m = self.model(model) if model is not None else None
+        what = (f"{m.key} on {device}" if m is not None else device) + \
             (f" in session {session}" if session is not None else "")
         if settings is not None and str(settings).strip().lower() == LATEST:
             return ids[-1] if ids else None
@@ -543,7 +581,8 @@ class Database:
             return ids[0] if ids else None
         recs = [self.get_settings(i) if i is not None else SettingsRecord() for i in ids]
         diff = differing(recs)
-        listed = "; ".join(f"#{i if i is not None else '?'} {describe(r, diff)}"
+        listed = "; ".join(f"#{i if i is not None else '?'} {describe(r, diff)}, " +
+                           (f"{n_ops[i]}/{m.n_signatures} ops" if m is not None else f"{n_ops[i]} ops")
                            for i, r in zip(ids, recs))
         raise CostdbError(
             f"the {kind} measurements of {what} were taken under {len(ids)} different settings "
@@ -832,6 +871,12 @@ class Database:
                 row[f"{phase}_runtime_s"] = float(df.loc[df.phase == phase, "runtime_s"].sum())
             rows.append(row)
         return _pd().DataFrame(rows)
+
+    def compare(self, a: Any, b: Any, device: str | None = None, model: str | int | None = None,
+                kind: str = "isolated") -> Any:
+        """Op-by-op comparison of two sessions or settings (``costdb.compare.compare``)."""
+        from costdb.compare import compare
+        return compare(self, a, b, device=device, model=model, kind=kind)
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> "pd.DataFrame":
         """Run read-only SQL; writes are refused by SQLite (query_only)."""

@@ -16,7 +16,8 @@ from profiler.zoo import model_graph
 FAST = ["--samples", "3", "--min-sample-time", "0.001", "--no-iteration", "-q"]
 KEY = "mlp[batch=2,input=784,dtype=float32]"
 REFUSAL = (f"the isolated measurements of {KEY} on local were taken under 2 different settings "
-           "(#1 threads=1; #2 threads=2); costs are never mixed across settings: choose one with "
+           "(#1 threads=1, 20/20 ops; #2 threads=2, 20/20 ops); costs are never mixed across "
+           "settings: choose one with "
            "--settings latest|ID (in Python settings='latest' or an id; 'costdb settings --device "
            "local' lists them)")
 

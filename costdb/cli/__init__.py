@@ -9,7 +9,8 @@ loads click and nothing heavy (no pandas, torch, solver or rich).
     profile.py   costdb profile
     read.py      costdb costs | export | query
     catalog.py   costdb models | devices
-    history.py   costdb sessions
+    history.py   costdb sessions | settings
+    fleet.py     costdb compare | merge
     report.py    costdb report
     (solver/cli_commands.py: costdb solve | pareto)
 """
@@ -55,9 +56,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from costdb.cli import catalog, history, profile, read, report
+    from costdb.cli import catalog, fleet, history, profile, read, report
     from solver.cli_commands import pareto, solve
-    for mod in (profile, read, catalog, history, report):
+    for mod in (profile, read, catalog, history, report, fleet):
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
     cli.add_command(solve, "solve")
