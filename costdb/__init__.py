@@ -16,6 +16,7 @@ from costdb.errors import CostdbError
 from costdb.graph import Node, TrainingGraph
 from costdb.records import (DeviceRecord, IterationRecord, Measurement, ModelRecord, OpRecord,
                             ParetoPointRecord, ScheduleRecord, SessionRecord, SweepRecord)
+from costdb.settings import SettingsRecord
 
 __version__ = "0.1.0"
 
@@ -30,4 +31,5 @@ def profile(db_path, device="local", model="resnet18", **options):
 
 __all__ = ["Database", "CostdbError", "DeviceRecord", "IterationRecord", "Measurement",
            "ModelRecord", "Node", "OpRecord", "ParetoPointRecord", "ScheduleRecord",
-           "SessionRecord", "SweepRecord", "TrainingGraph", "open", "profile", "__version__"]
+           "SessionRecord", "SettingsRecord", "SweepRecord", "TrainingGraph", "open", "profile",
+           "__version__"]
