@@ -183,7 +183,8 @@ def _session_rows(sessions: list[SessionRecord], model_keys: dict[int, str]) -> 
             "measured": "-" if r.measured is None else r.measured,
             "sensor": r.energy_sensor or "none (energy modeled)",
             "versions": "; ".join(versions), "environment": "; ".join(environment),
-            "settings": ", ".join(f"{k}={v}" for k, v in sorted(r.settings.items()) if k != "model"),
+            "settings": ", ".join(([f"fingerprint #{r.settings_id}"] if r.settings_id is not None else [])
+                                  + [f"{k}={v}" for k, v in sorted(r.settings.items()) if k != "model"]),
             "warnings": [str(w) for w in r.warnings]})
     return rows
 
