@@ -41,6 +41,27 @@ _COST_COLUMNS = """
 PHASE_GROUPS = {"fwd": ("fwd", "loss"), "bwd": ("bwd_data", "bwd_weight"), "update": ("update",)}
 #: what ``settings=`` accepts besides an id or a fingerprint (prefix)
 LATEST = "latest"
+#: what ``kind=`` accepts in a cost table: a measurement kind, or ``auto`` (the default):
+#: in-context figures where the model has them on the device, else isolated ones
+#: (docs/usage.md "Which estimate" has the measurements behind the choice)
+AUTO = "auto"
+ESTIMATES = (AUTO, *KINDS)
+
+
+def _pick(extra: str = "") -> str:
+    """SQL of the ``pick`` CTE: per signature of model ``?`` the newest measurement on device
+    ``?`` of kind ``?`` under settings ``?`` (``extra``: further conditions on ``m``). In-context
+    figures depend on the model they were traced in, so for them a row from a session of this
+    model (``?``) wins over a newer one traced in another model sharing the op."""
+    return f"""pick AS (
+        SELECT signature, id FROM (
+            SELECT m.signature, m.id, ROW_NUMBER() OVER (
+                PARTITION BY m.signature
+                ORDER BY (m.kind = 'in_context' AND s.model_id IS ?) DESC, m.id DESC) AS rn
+            FROM measurements m LEFT JOIN sessions s ON s.id = m.session_id
+            WHERE m.signature IN (SELECT signature FROM graph_nodes WHERE model_id = ?)
+              AND m.device = ? AND m.kind = ? AND m.settings_id IS ?{extra})
+        WHERE rn = 1)"""
 
 
 def _pd() -> Any:
@@ -448,6 +469,12 @@ class Database:
         with self.conn:
             return self._insert("measurements", m.row(), "INSERT OR IGNORE") != 0
 
+    def add_measurements(self, ms: Iterable[Measurement]) -> int:
+        """Store several measurements in ONE transaction (all or none: the in-context step writes
+        every op of a model at once); returns how many were new (as ``add_measurement``)."""
+        with self.conn:
+            return sum(self._insert("measurements", m.row(), "INSERT OR IGNORE") != 0 for m in ms)
+
     def measurement_list(self, device: str | None = None, session_id: int | None = None,
                          signatures: Iterable[str] | None = None, settings_id: int | None = None,
                          kind: str | None = None) -> list[Measurement]:
@@ -467,14 +494,21 @@ class Database:
         return [from_row(Measurement, r) for r in self._rows(sql + " ORDER BY id", args)]
 
     def done_signatures(self, device: str, settings_id: int | None,
-                        kind: str = "isolated") -> set[str]:
+                        kind: str = "isolated", model: int | None = None) -> set[str]:
         """Signatures with a finished measurement (ok, unsupported or not fitting) on ``device``
         under settings ``settings_id``: what a resumed profile need not measure again. A profile
-        under other settings (``--threads 2`` after ``--threads 1``) reuses nothing."""
+        under other settings (``--threads 2`` after ``--threads 1``) reuses nothing. ``model``
+        (an id) counts only measurements taken in sessions of that model (in-context figures
+        belong to the model they were traced in)."""
         q = ",".join("?" for _ in DONE_STATUSES)
+        if model is None:
+            return {r[0] for r in self.conn.execute(
+                f"SELECT signature FROM current_measurements WHERE device = ? AND settings_id IS ?"
+                f" AND kind = ? AND status IN ({q})", (device, settings_id, kind, *DONE_STATUSES))}
         return {r[0] for r in self.conn.execute(
-            f"SELECT signature FROM current_measurements WHERE device = ? AND settings_id IS ?"
-            f" AND kind = ? AND status IN ({q})", (device, settings_id, kind, *DONE_STATUSES))}
+            f"SELECT m.signature FROM measurements m JOIN sessions s ON s.id = m.session_id"
+            f" WHERE m.device = ? AND m.settings_id IS ? AND m.kind = ? AND m.status IN ({q})"
+            f" AND s.model_id = ?", (device, settings_id, kind, *DONE_STATUSES, model))}
 
     # --- settings ----------------------------------------------------------------------------
 
@@ -627,13 +661,12 @@ class Database:
         """The cost model's iteration time under one settings fingerprint: ``{"total", "fwd",
         "bwd", "update"}`` sums of node medians (None while a node of the group is unmeasured)."""
         rows = self.conn.execute(
-            """WITH pick AS (SELECT signature, MAX(id) AS id FROM measurements
-                             WHERE device = ? AND kind = ? AND settings_id IS ? GROUP BY signature)
+            f"""WITH {_pick()}
                SELECT g.phase, sum(m.runtime_s), count(*), count(m.runtime_s)
                FROM graph_nodes g LEFT JOIN pick p ON p.signature = g.signature
                LEFT JOIN measurements m ON m.id = p.id
                WHERE g.model_id = ? GROUP BY g.phase""",
-            (device, kind, settings_id, model_id)).fetchall()
+            (model_id, model_id, device, kind, settings_id, model_id)).fetchall()
         by_phase = {ph: (tot, n, n_rt) for ph, tot, n, n_rt in rows}
 
         def total(phases: Iterable[str]) -> float | None:
@@ -647,8 +680,10 @@ class Database:
 
     def iterations(self, device: str | None = None) -> "pd.DataFrame":
         """Measured whole iterations beside the cost model's prediction (sum of the node
-        medians taken under the iteration's settings): totals and, where the phases were timed,
-        forward / backward / update with their relative errors."""
+        medians taken under the iteration's settings) of the default estimate (``kind``:
+        in-context where the model has a complete set, else isolated): totals and, where the
+        phases were timed, forward / backward / update with their relative errors; and the
+        totals of both estimates (``isolated_predicted_s``, ``in_context_error``, ...)."""
         sql = """SELECT i.device, m.key AS model, i.runtime_s AS measured_s, i.runtime_cv,
                         i.samples, i.threads, i.optimizer, i.runtime_provenance, i.measured_at,
                         i.settings_id, i.fwd_runtime_s AS fwd_measured_s,
@@ -660,15 +695,24 @@ class Database:
             sql += " WHERE i.device = ?"
             args = (device,)
         df = self._frame(sql + " ORDER BY i.id", args)
-        preds = [self.predicted_runtime(dev, int(mid), None if sid != sid else
-                                        (None if sid is None else int(sid)))
-                 for dev, mid, sid in zip(df["device"], df["model_id"], df["settings_id"])]
+        by_kind = {k: [] for k in KINDS}
+        for dev, mid, sid in zip(df["device"], df["model_id"], df["settings_id"]):
+            sid = None if sid != sid or sid is None else int(sid)
+            for k in KINDS:
+                by_kind[k].append(self.predicted_runtime(dev, int(mid), sid, kind=k))
+        # the default estimate (auto): in-context where the model has a complete prediction
+        df["kind"] = ["in_context" if ic["total"] is not None else "isolated"
+                      for ic in by_kind["in_context"]]
+        preds = [by_kind[k][j] for j, k in enumerate(df["kind"])]
         df["predicted_s"] = [p["total"] for p in preds]
         df["error"] = (df["predicted_s"] - df["measured_s"]) / df["measured_s"]
         for g in PHASE_GROUPS:
             df[f"{g}_predicted_s"] = [p[g] for p in preds]
             df[f"{g}_error"] = ((df[f"{g}_predicted_s"].astype(float) - df[f"{g}_measured_s"].astype(float))
                                 / df[f"{g}_measured_s"].astype(float))
+        for k in KINDS:  # both estimates, for comparison
+            df[f"{k}_predicted_s"] = [p["total"] for p in by_kind[k]]
+            df[f"{k}_error"] = (df[f"{k}_predicted_s"].astype(float) - df["measured_s"]) / df["measured_s"]
         return df.drop(columns=["model_id"])
 
     # --- what has data -----------------------------------------------------------------------------
@@ -777,34 +821,55 @@ class Database:
 
     def costs(self, device: str, model: str | int, batch: int | None = None,
               input_shape: Any = None, dtype: str | None = None, settings: int | str | None = None,
-              kind: str = "isolated", session: int | None = None) -> "pd.DataFrame":
+              kind: str = AUTO, session: int | None = None) -> "pd.DataFrame":
         """One row per graph node of ``model``: the device's newest measurement of its op under
         ONE settings fingerprint and kind (``resolve_settings``: ``settings`` None refuses when
-        the measurements differ in settings, ``"latest"`` or an id chooses). ``session`` keeps
-        only that session's measurements. Nodes without one have NaN costs (status None);
-        columns ``settings_id`` and ``kind`` say what the figures are.
+        the measurements differ in settings, ``"latest"`` or an id chooses). ``kind``:
+        ``isolated``, ``in_context`` or ``auto`` (``resolve_kind``: in-context where the model
+        has such figures). ``session`` keeps only that session's measurements. Nodes without one
+        have NaN costs (status None); columns and ``attrs`` ``settings_id`` and ``kind`` say what
+        the figures are.
         """
         self.require_device(device)
         mid = self.resolve_model(model, batch, input_shape, dtype)
+        kind = self.resolve_kind(device, mid, kind, settings, session)
         sid = self.resolve_settings(device, mid, settings, kind, session)
         return self._cost_frame(device, mid, sid, kind, session)
 
+    def resolve_kind(self, device: str, model: str | int, kind: str = AUTO,
+                     settings: int | str | None = None, session: int | None = None) -> str:
+        """The measurement kind a cost table uses. ``auto``: ``in_context`` when the model has
+        in-context measurements on ``device`` (under ``settings`` when it names one, in
+        ``session`` when given), else ``isolated``."""
+        if kind not in ESTIMATES:
+            raise CostdbError(f"unknown estimate {kind!r}; use {', '.join(ESTIMATES)}")
+        if kind != AUTO:
+            return kind
+        where = ["m.device = ?", "m.kind = 'in_context'", "m.status = 'ok'",
+                 "m.signature IN (SELECT signature FROM graph_nodes WHERE model_id = ?)"]
+        args: list[Any] = [device, self.resolve_model(model)]
+        if settings is not None and str(settings).strip().lower() != LATEST:
+            where.append("m.settings_id = ?")
+            args.append(self.get_settings(settings).id)
+        if session is not None:
+            where.append("m.session_id = ?")
+            args.append(session)
+        found = self.conn.execute(f"SELECT 1 FROM measurements m WHERE {' AND '.join(where)}"
+                                  " LIMIT 1", args).fetchone()
+        return "in_context" if found else "isolated"
+
     def _cost_frame(self, device: str, mid: int, sid: int | None, kind: str,
                     session: int | None = None) -> "pd.DataFrame":
-        extra, args = "", [device, kind, sid]
+        extra, args = "", [mid, mid, device, kind, sid]
         if session is not None:
-            extra, args = " AND session_id = ?", args + [session]
+            extra, args = " AND m.session_id = ?", args + [session]
         df = self._frame(f"""
-            WITH pick AS (
-                SELECT signature, MAX(id) AS id FROM measurements
-                WHERE device = ? AND kind = ? AND settings_id IS ?{extra}
-                  AND signature IN (SELECT signature FROM graph_nodes WHERE model_id = ?)
-                GROUP BY signature)
+            WITH {_pick(extra)}
             SELECT g.idx, g.name, g.layer, g.op, g.phase, g.signature, g.deps_json AS deps,
                    g.flops, g.output_bytes, g.param_bytes, {_COST_COLUMNS}
             FROM graph_nodes g LEFT JOIN pick p ON p.signature = g.signature
             LEFT JOIN measurements m ON m.id = p.id
-            WHERE g.model_id = ? ORDER BY g.idx""", (*args, mid, mid))
+            WHERE g.model_id = ? ORDER BY g.idx""", (*args, mid))
         df["deps"] = df["deps"].map(json.loads)
         df["unstable"] = df["unstable"].map(lambda v: bool(v) if v == v and v is not None else None)
         df.insert(0, "device", device)

@@ -17,6 +17,7 @@ from dataclasses import dataclass, field
 from typing import Any, Callable
 
 from costdb.database import Database, preflight
+from costdb.errors import CostdbError
 from costdb.records import Measurement
 from costdb.settings import settings_from_facts
 from devices.catalog import DeviceProfile
@@ -43,6 +44,8 @@ class ProfileResult:
     unstable: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     iteration_s: float | None = None
+    #: the in-context step: None when it did not run, else its coverage and settings
+    in_context: dict[str, Any] | None = None
     #: the settings fingerprint (``settings`` row id) the measurements were taken under
     settings_id: int | None = None
 
@@ -98,6 +101,79 @@ def throttle_warnings(start: dict[str, Any], end: dict[str, Any] | None) -> list
     return []
 
 
+def in_context_supported(transport: str, model: str | TrainingGraph) -> bool:
+    """In-context profiling trains the model's own module: on this host, from a name or file."""
+    return transport == "local" and not isinstance(model, TrainingGraph)
+
+
+def in_context_unsupported(transport: str) -> str:
+    if transport != "local":
+        return (f"in-context profiling runs on the local device only (over {transport} the agent "
+                "would need the model's code); its costs use the isolated estimate")
+    return ("in-context profiling needs the model itself (a zoo name or file.py:factory), not "
+            "a stored graph; its costs use the isolated estimate")
+
+
+def _in_context_step(db: Database, device: str, session_id: int, settings_id: int | None,
+                     model_id: int, model: str, graph: TrainingGraph, settings: dict[str, Any],
+                     profile: DeviceProfile, emit: Callable[..., Any]) -> dict[str, Any]:
+    """Trace real iterations of the model, store one ``in_context`` measurement per op.
+
+    Per op signature the per-iteration figure is the mean over the graph nodes that use it (so
+    figure x uses sums to those nodes' time in each iteration); its median over iterations is
+    the estimate, the per-iteration values are the raw samples. Everything is written in one
+    transaction at the end: an interrupted step leaves nothing, and the next run repeats it.
+    """
+    from profiler.incontext import profile_in_context
+    from profiler.iteration import model_trainer
+    iterations = int(settings.get("in_context_iterations", 15))
+    tr = model_trainer(model, graph.batch, graph.input_shape, dtype=graph.dtype)
+    if tr.graph.key != graph.key or tr.graph.signatures() != graph.signatures():
+        raise CostdbError(f"the model built for in-context profiling ({tr.graph.key}) does not "
+                          f"match the profiled graph {graph.key}")
+    costs = db.costs(device, model_id, settings=settings_id, kind="isolated")
+    iso = {sig: float(rt) for sig, rt, st in zip(costs["signature"], costs["runtime_s"],
+                                                 costs["status"]) if st == "ok"}
+    memory = {sig: pm for sig, pm in zip(costs["signature"], costs["peak_memory_bytes"])
+              if pm == pm and pm is not None}
+    emit("in_context", total=iterations, device=device)
+
+    def progress(done: int, total: int) -> None:
+        emit("in_context_iteration", done=done, total=total, device=device)
+    res = profile_in_context(tr, iterations=iterations,
+                             warmups=int(settings.get("in_context_warmups", 3)),
+                             isolated=iso, progress=progress)
+    coverage = res.coverage()
+    records = []
+    for sig, f in res.signature_figures().items():
+        stats = f["runtime"]
+        r = {"signature": sig, "status": "ok", "runtime": stats, "inner_loops": 1,
+             "unstable": f["unstable"], "remeasured": res.settings["remeasured"],
+             "runtime_provenance": "measured",
+             "raw": {"values": f["values"], "inner_loops": 1},
+             "occurrences": f["occurrences"], "events_per_call": f["events_per_call"],
+             "node_cv_max": f["node_cv_max"]}
+        if sig in memory:  # not measured in context: the isolated call's, said so
+            r["peak_memory_bytes"] = int(memory[sig])
+            r["peak_memory_from"] = "isolated"
+        energy = attribute_energy({"status": "ok", "runtime": stats}, profile, None)
+        records.append(Measurement.from_result(device, session_id, r, energy, kind="in_context",
+                                               settings_id=settings_id))
+    db.add_measurements(records)
+    summary = {"iterations": res.iterations, "warmups": res.settings["warmups"],
+               "remeasured": res.settings["remeasured"], "ops": len(records),
+               "unstable": sum(1 for m in records if m.unstable),
+               "wall_s": coverage["wall_s"], "unattributed_s": coverage["unattributed_s"],
+               "unattributed_share": coverage["unattributed_share"],
+               "unattributed": res.unattributed_detail,
+               "overhead_removed_share": coverage["overhead_share"],
+               "overhead": res.overhead.to_dict(), "predicted": res.phases(),
+               "by_kind_s": res.kinds}
+    env = db.session(session_id).environment
+    db.update_session(session_id, environment={**env, "in_context": summary})
+    return summary
+
+
 def _resolve_inventory(inventory: Inventory | str | None) -> Inventory:
     if isinstance(inventory, Inventory):
         return inventory
@@ -109,13 +185,20 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
             dtype: str = "float32", force: bool = False, cpus: list[int] | None = None,
             threads: int | None = None, settings: dict[str, Any] | None = None,
             inventory: Inventory | str | None = None, iteration: bool = False,
-            progress: Callable[..., Any] | None = None,
+            in_context: bool = False, progress: Callable[..., Any] | None = None,
             on_warning: Callable[[str], None] | None = None,
             connect_options: dict[str, Any] | None = None,
             db: Database | None = None) -> ProfileResult:
     """Profile every distinct op of ``model``'s training graph on ``device`` into ``db_path``.
 
-    ``progress(event, **info)`` is called with ``start`` (total), ``op`` (spec, done) and
+    ``in_context``: after the isolated ops, run real training iterations of the model under
+    torch.profiler and store per-op ``in_context`` measurements (``profiler.incontext``; local
+    device and a model given by name or file only: the module must be trained here). Resumable
+    like the rest: skipped when the model's ops all have in-context figures traced in this
+    model under this fingerprint, unless ``force``.
+
+    ``progress(event, **info)`` is called with ``start`` (total), ``op`` (spec, done),
+    ``in_context`` (total iterations), ``in_context_iteration`` (done, total), ``iteration`` and
     ``done``; the CLI draws a progress bar with it. Raises CostdbError for user errors and
     KeyboardInterrupt after marking the session interrupted. ``db``: an open database to write
     into instead of opening ``db_path`` (``profiler.parallel.profile_many`` shares one writer).
@@ -149,7 +232,14 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
             result = ProfileResult(device, graph.key, None, len(plan), 0,
                                    len(graph.signatures()) - len(plan), "complete",
                                    settings_id=settings_id)
-            if not plan and not iteration:
+            ic_todo = False
+            if in_context:
+                if in_context_supported(entry.transport, model):
+                    ic_done = db.done_signatures(device, settings_id, "in_context", model=model_id)
+                    ic_todo = force or not set(graph.signatures()) <= ic_done
+                else:
+                    warn(in_context_unsupported(entry.transport))
+            if not plan and not iteration and not ic_todo:
                 return result
             result.warnings = noise_warnings(facts)
             for w in result.warnings:
@@ -183,6 +273,10 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
                     if m.status == "error":
                         result.failed.append(f"{spec['op']}:{spec['phase']}: {m.error}")
                     emit("measured", spec=spec, index=i, result=res, device=device)
+                if ic_todo:
+                    result.in_context = _in_context_step(db, device, sid, settings_id, model_id,
+                                                         model, graph, settings, entry.profile,
+                                                         emit)
                 if iteration and entry.transport == "local" and not isinstance(model, TrainingGraph):
                     from profiler.iteration import measure_iteration
                     emit("iteration", device=device)

@@ -307,8 +307,8 @@ def _phase_table(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _model_cost_section(db: costdb.Database, device: str, key: str, model_id: int,
-                        node_limit: int, settings: Any = None) -> dict[str, Any]:
-    df = db.costs(device, key, settings=settings)
+                        node_limit: int, settings: Any = None, kind: str = "auto") -> dict[str, Any]:
+    df = db.costs(device, key, settings=settings, kind=kind)
     shapes = db.node_labels(model_id)
     measured = df["status"].eq("ok")
     distinct = _distinct_rows(df, shapes)
@@ -548,7 +548,7 @@ def _solver_section(db: costdb.Database, device: str, key: str, name: str, model
 # --- comparison ---------------------------------------------------------------------------------------
 
 def _comparison(db: costdb.Database, model_id: int, key: str, name: str,
-                db_hint: str, settings: Any = None) -> dict[str, Any] | None:
+                db_hint: str, settings: Any = None, kind: str = "auto") -> dict[str, Any] | None:
     devs = db.measured_devices(model_id)
     if len(devs) < 2:
         return None
@@ -557,7 +557,7 @@ def _comparison(db: costdb.Database, model_id: int, key: str, name: str,
     energy: list[float] = []
     iters = db.iterations()
     for dev in devs:
-        df = db.costs(dev, key, settings=settings)
+        df = db.costs(dev, key, settings=settings, kind=kind)
         ok = df["status"].eq("ok")
         it = iters[(iters["device"] == dev) & (iters["model"] == key)]
         last = it.iloc[-1] if len(it) else None
@@ -596,7 +596,7 @@ def _counted(counts: dict[str, int]) -> list[dict[str, Any]]:
 
 def collect(db: costdb.Database, devices: Sequence[str] | None = None, model: str | None = None,
             all_devices: bool = False, node_rows: int = NODE_ROWS,
-            db_label: str | None = None, settings: Any = None) -> dict[str, Any]:
+            db_label: str | None = None, settings: Any = None, kind: str = "auto") -> dict[str, Any]:
     """The template context: one section per device (and model) plus the fleet comparison.
 
     Each cost table is built from one settings fingerprint (``settings``: None when the
@@ -634,7 +634,7 @@ def collect(db: costdb.Database, devices: Sequence[str] | None = None, model: st
         models = []
         for mid in mids:
             key, name = model_keys[mid], model_names[mid]
-            costs = _model_cost_section(db, dev, key, mid, node_rows, settings)
+            costs = _model_cost_section(db, dev, key, mid, node_rows, settings, kind)
             node_names = costs.pop("df")["name"].tolist()
             iters = _iteration_rows(db, dev, key)
             fig_iter = figures.predicted_vs_measured(
@@ -655,7 +655,7 @@ def collect(db: costdb.Database, devices: Sequence[str] | None = None, model: st
                          "profile_cmd": f"costdb profile --device {dev} --model MODEL{hint}"})
     comparisons = []
     for mid in compare_models:
-        c = _comparison(db, mid, model_keys[mid], model_names[mid], hint, settings)
+        c = _comparison(db, mid, model_keys[mid], model_names[mid], hint, settings, kind)
         if c:
             comparisons.append(c)
     title_devs = ", ".join(devices) if len(devices) <= 4 else f"{len(devices)} devices"
@@ -669,18 +669,18 @@ def collect(db: costdb.Database, devices: Sequence[str] | None = None, model: st
 
 def render_report(db_path: str | os.PathLike, devices: Sequence[str] | None = None,
                   model: str | None = None, all_devices: bool = False,
-                  node_rows: int = NODE_ROWS, settings: Any = None) -> str:
+                  node_rows: int = NODE_ROWS, settings: Any = None, kind: str = "auto") -> str:
     """The report as one HTML string (see module docstring)."""
     with costdb.open(db_path, readonly=True) as db:
         ctx = collect(db, devices, model, all_devices, node_rows, db_label=str(db_path),
-                      settings=settings)
+                      settings=settings, kind=kind)
     return _environment().get_template("report.html.j2").render(**ctx)
 
 
 def write_report(db_path: str | os.PathLike, output: str | os.PathLike = "report.html",
                  devices: Sequence[str] | None = None, model: str | None = None,
                  all_devices: bool = False, node_rows: int = NODE_ROWS,
-                 settings: Any = None) -> Path:
+                 settings: Any = None, kind: str = "auto") -> Path:
     """Render and write atomically (temp file in the target directory, then rename)."""
-    html = render_report(db_path, devices, model, all_devices, node_rows, settings)
+    html = render_report(db_path, devices, model, all_devices, node_rows, settings, kind)
     return write_text_atomic(output, html)

@@ -40,6 +40,11 @@ def _common(f):
         click.option("--settings", default=None, metavar="latest|ID",
                      help="Costs measured under this settings fingerprint (id or fingerprint, see "
                           "'costdb settings'); needed when the model was profiled under several."),
+        click.option("--kind", type=click.Choice(["auto", "in_context", "isolated"]), default="auto",
+                     show_default=True,
+                     help="auto (default): in-context costs where the model has them on the device, else "
+                          "isolated; in_context: attributed from traced real iterations; isolated: "
+                          "each op alone in a calibrated loop (docs/usage.md)."),
         _db,
     ]
     for o in reversed(opts):
@@ -64,8 +69,8 @@ def _inventory(path):
 @click.option("--binary", "binary_output", default=None, type=click.Path(dir_okay=False),
               help="Write the compact binary schedule (what a device receives).")
 def solve(device, model, graph, batch, input_shape, granularity, mode, solver, time_limit, gap,
-          compat, overlap, method, inventory, settings, db_path, memory, deadline, threads, output,
-          binary_output):
+          compat, overlap, method, inventory, settings, kind, db_path, memory, deadline, threads,
+          output, binary_output):
     """Energy-optimal training schedule (rematerialization + paging) under a RAM budget and a
     deadline; validated by the simulator, stored in the schedules table.
 
@@ -77,7 +82,7 @@ def solve(device, model, graph, batch, input_shape, granularity, mode, solver, t
     res, inst, sid = run_solve(db_path, device, model, graph, memory, deadline, mode, solver,
                                time_limit, gap, threads, compat, overlap, method, batch,
                                input_shape, granularity, output, binary_output,
-                               inventory=_inventory(inventory), settings=settings)
+                               inventory=_inventory(inventory), settings=settings, kind=kind)
     for line in summary_lines(res, inst, sid):
         click.echo(line)
     if output:
@@ -99,8 +104,8 @@ def solve(device, model, graph, batch, input_shape, granularity, mode, solver, t
 @click.option("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786 "
                                                 "(default with --executor dask: a local cluster).")
 def pareto(device, model, graph, batch, input_shape, granularity, mode, solver, time_limit, gap,
-           compat, overlap, method, inventory, settings, db_path, budgets, n_budgets, deadlines,
-           executor, workers, scheduler):
+           compat, overlap, method, inventory, settings, kind, db_path, budgets, n_budgets,
+           deadlines, executor, workers, scheduler):
     """Sweep RAM budgets x deadlines, store every point and mark the non-dominated set
     (energy, runtime, peak memory).
 
@@ -116,7 +121,7 @@ def pareto(device, model, graph, batch, input_shape, granularity, mode, solver, 
     out, inst = run_pareto(db_path, device, model, graph, budgets, deadlines, n_budgets, mode,
                            solver, time_limit, gap, compat, overlap, method, executor, workers,
                            scheduler, batch, input_shape, granularity, progress,
-                           inventory=_inventory(inventory), settings=settings)
+                           inventory=_inventory(inventory), settings=settings, kind=kind)
     click.echo(f"sweep #{out.sweep_id}: {inst.name} on {inst.device or '-'}, {mode}, "
                f"{len(out.results)} points, {sum(out.pareto)} Pareto")
     click.echo(f"{'budget':>11} {'deadline':>9} {'status':>10} {'energy':>10} {'runtime':>9} "

@@ -17,7 +17,7 @@ from solver.solve import InfeasibleError, SolveResult, solve
 def load_instance(db: Any, device: str | None, model: str | None, graph: str | None,
                   batch: int | None = None, input_shape: str | None = None,
                   granularity: str = "layer", inventory: Any = None,
-                  settings: Any = None, kind: str = "isolated") -> Instance:
+                  settings: Any = None, kind: str = "auto") -> Instance:
     if graph:
         if model:
             raise CostdbError("give either --model or --graph, not both")
@@ -49,7 +49,7 @@ def run_solve(db_path: str, device: str | None = None, model: str | None = None,
               input_shape: str | None = None, granularity: str = "layer",
               output: str | None = None, binary_output: str | None = None,
               store: bool = True, inventory: Any = None,
-              settings: Any = None) -> tuple[SolveResult, Instance, int | None]:
+              settings: Any = None, kind: str = "auto") -> tuple[SolveResult, Instance, int | None]:
     """Solve one instance; store it (validated) and write the schedule files. Raises
     ``InfeasibleError`` (a CostdbError) with the minimum budget / fastest runtime when infeasible."""
     import costdb
@@ -57,7 +57,7 @@ def run_solve(db_path: str, device: str | None = None, model: str | None = None,
     dl = _parse_deadline(deadline)
     with costdb.open(db_path, create=True) as db:
         inst = load_instance(db, device, model, graph, batch, input_shape, granularity, inventory,
-                             settings=settings)
+                             settings=settings, kind=kind)
         res = solve(inst, budget=budget, deadline=dl, mode=mode, solver=solver,
                     time_limit=time_limit, gap=gap, threads=threads, compat=compat,
                     overlap=overlap, method=method)
@@ -119,7 +119,7 @@ def run_pareto(db_path: str, device: str | None = None, model: str | None = None
                workers: int | None = None, scheduler: str | None = None, batch: int | None = None,
                input_shape: str | None = None, granularity: str = "layer",
                progress: Callable[[int, int], None] | None = None, inventory: Any = None,
-               settings: Any = None):
+               settings: Any = None, kind: str = "auto"):
     """Sweep budgets x deadlines and store the points (with the non-dominated set marked)."""
     import costdb
     from solver.pareto import default_budgets, sweep
@@ -127,7 +127,7 @@ def run_pareto(db_path: str, device: str | None = None, model: str | None = None
         scheduler = None   # a LocalCluster on this machine
     with costdb.open(db_path, create=True) as db:
         inst = load_instance(db, device, model, graph, batch, input_shape, granularity, inventory,
-                             settings=settings)
+                             settings=settings, kind=kind)
         b = [parse_size(x) for x in _split(budgets)] if budgets else \
             default_budgets(inst, n_budgets, mode, compat)
         d = [None if x.lower() in ("none", "-") else parse_duration(x) for x in _split(deadlines)] \

@@ -495,12 +495,13 @@ def _prov(s: set[str]) -> str:
 def instance_from_db(db: Any, device: str, model: str, batch: int | None = None,
                      input_shape: Any = None, granularity: str = "layer", inventory: Any = None,
                      optimizer_state_factor: float | None = None, settings: Any = None,
-                     kind: str = "isolated") -> Instance:
+                     kind: str = "auto") -> Instance:
     """Instance for ``model`` on ``device`` from the cost database (a ``costdb.Database``).
 
     The measured costs are those of one settings fingerprint and kind (``settings``: None, when
-    the measurements agree, ``"latest"`` or an id; see ``costdb.Database.costs``); the instance's
-    ``meta`` records ``settings_id`` and ``cost_kind`` and the stored schedules carry them.
+    the measurements agree, ``"latest"`` or an id; ``kind``: ``auto`` = in-context where the
+    model has such costs, else isolated; see ``costdb.Database.costs``); the instance's ``meta``
+    records ``settings_id`` and the resolved ``cost_kind`` and the stored schedules carry them.
 
     Measured costs (status ``ok``) are used where present; the rest is modelled from the device
     profile (provenance ``modeled``). A model not yet stored is built from the zoo and saved, so a
@@ -525,6 +526,7 @@ def instance_from_db(db: Any, device: str, model: str, batch: int | None = None,
     if db.device(device) is not None:
         df = db.costs(device, mid, settings=settings, kind=kind)
         settings_id = df.attrs.get("settings_id")
+        kind = df.attrs.get("kind", kind)
         for r in df.itertuples(index=False):
             if r.status != "ok":
                 continue

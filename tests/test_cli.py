@@ -14,7 +14,7 @@ import costdb
 from costdb.cli import cli
 from profiler.zoo import model_graph
 
-FAST = ["--samples", "3", "--min-sample-time", "0.001", "--no-iteration", "-q"]
+FAST = ["--samples", "3", "--min-sample-time", "0.001", "--iterations", "3", "--no-iteration", "-q"]
 
 
 def test_profile_prints_cost_table_and_stores_every_distinct_op(runner, db_path):
@@ -24,9 +24,12 @@ def test_profile_prints_cost_table_and_stores_every_distinct_op(runner, db_path)
     assert f"measured {len(g.signatures())} of {len(g.signatures())} ops" in r.output
     assert "mlp[batch=4,input=784,dtype=float32] on local" in r.output
     assert "runtime (median)" in r.output and "(modeled)" in r.output
+    assert f"in-context costs of {len(g.signatures())} ops from" in r.output
     with costdb.open(db_path) as db:
-        n = db.conn.execute("SELECT count(*), count(DISTINCT signature) FROM measurements").fetchone()
-        assert n == (len(g.signatures()), len(g.signatures()))
+        for kind in ("isolated", "in_context"):  # every op alone, and inside real iterations
+            n = db.conn.execute("SELECT count(*), count(DISTINCT signature) FROM measurements"
+                                " WHERE kind = ?", (kind,)).fetchone()
+            assert n == (len(g.signatures()), len(g.signatures()))
         s = db.sessions("local").iloc[0]
         assert s["status"] == "complete"
         env = json.loads(s["environment_json"])
@@ -41,8 +44,10 @@ def test_profile_prints_cost_table_and_stores_every_distinct_op(runner, db_path)
     r = runner.invoke(cli, ["profile", "--model", "mlp", "--batch", "4", "--db", db_path, "--force", *FAST])
     assert r.exit_code == 0
     with costdb.open(db_path) as db:
-        assert db.conn.execute("SELECT count(*) FROM measurements").fetchone()[0] == 2 * len(g.signatures())
-        assert len(db.costs("local", "mlp")) == len(g.nodes)    # the latest measurement per op
+        assert db.conn.execute("SELECT count(*) FROM measurements").fetchone()[0] == 4 * len(g.signatures())
+        df = db.costs("local", "mlp")
+        assert len(df) == len(g.nodes)    # the latest measurement per op
+        assert df.attrs["kind"] == "in_context" and set(df["kind"]) == {"in_context"}
 
 
 def test_models_sharing_ops_are_measured_once(runner, db_path):

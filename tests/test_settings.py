@@ -13,7 +13,9 @@ import costdb
 from costdb.cli import cli
 from profiler.zoo import model_graph
 
-FAST = ["--samples", "3", "--min-sample-time", "0.001", "--no-iteration", "-q"]
+# isolated measurements only: the refusals below are about them (in-context rows would make
+# the default estimate in_context, refused the same way with "in_context" in the text)
+FAST = ["--samples", "3", "--min-sample-time", "0.001", "--no-iteration", "--no-in-context", "-q"]
 KEY = "mlp[batch=2,input=784,dtype=float32]"
 REFUSAL = (f"the isolated measurements of {KEY} on local were taken under 2 different settings "
            "(#1 threads=1, 20/20 ops; #2 threads=2, 20/20 ops); costs are never mixed across "

@@ -24,6 +24,12 @@ kind_option = click.option("--kind", type=click.Choice(["isolated", "in_context"
                            default="isolated", show_default=True,
                            help="isolated: each op alone in a calibrated loop; in_context: "
                                 "attributed from traced real training iterations.")
+estimate_option = click.option(
+    "--kind", type=click.Choice(["auto", "in_context", "isolated"]), default="auto",
+    show_default=True,
+    help="Which estimate: auto = in_context where the model has in-context costs on the device, "
+         "else isolated; in_context: attributed from traced real training iterations; isolated: "
+         "each op alone in a calibrated loop (docs/usage.md, 'Which estimate').")
 inventory_option = click.option("--inventory", type=click.Path(dir_okay=False), default=None,
                                 help="Inventory TOML (default: $COSTDB_INVENTORY or "
                                      "~/.config/costdb/inventory.toml).")

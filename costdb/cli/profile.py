@@ -45,6 +45,7 @@ class _ProgressView:
                                  TimeElapsedColumn(), TextColumn("ETA"), TimeRemainingColumn(),
                                  console=console, transient=False, disable=quiet)
         self.tasks: dict[str, Any] = {}
+        self.ic_tasks: dict[str, Any] = {}
 
     def __enter__(self) -> "_ProgressView":
         self.progress.__enter__()
@@ -63,10 +64,44 @@ class _ProgressView:
             self.progress.update(self.tasks[dev], description=escape(f"{spec['op']}:{spec['phase']} {shapes}"))
         elif event == "measured":
             self.progress.advance(self.tasks[dev])
-        elif event == "iteration":
+        elif event == "in_context":
+            self.ic_tasks[dev] = self.progress.add_task(
+                "in-context: real iterations under torch.profiler", total=info["total"], device=dev)
+        elif event == "in_context_iteration":
+            self.progress.update(self.ic_tasks[dev], completed=info["done"], total=info["total"])
+        elif event == "iteration" and dev in self.tasks:
             self.progress.update(self.tasks[dev], description="whole training iteration")
         elif event == "done" and dev in self.tasks:
             self.progress.update(self.tasks[dev], description="done")
+
+
+def print_iteration_check(db_path: str, device: str, model_key: str, con: Any) -> None:
+    """The newest measured iteration of the model against each estimate, total and per phase."""
+    import costdb
+    with costdb.open(db_path, readonly=True) as db:
+        it = db.iterations(device)
+    rows = it[it.model == model_key]
+    if not len(rows):
+        return
+    row = rows.iloc[-1]
+
+    def err(pred: Any, meas: Any) -> str:
+        if pred is None or pred != pred or meas is None or meas != meas:
+            return "-"
+        return f"{fmt_seconds(pred)} ({100 * (pred - meas) / meas:+.1f}%)"
+    phases = "".join(f", {g} {fmt_seconds(row[f'{g}_measured_s'])}" for g in ("fwd", "bwd", "update")
+                     if row[f"{g}_measured_s"] == row[f"{g}_measured_s"])
+    con.print(f"Whole iteration measured {fmt_seconds(row['measured_s'])}{phases}")
+    for k in ("in_context", "isolated"):
+        pred = row[f"{k}_predicted_s"]
+        if pred is None or pred != pred:
+            continue
+        default = " (default)" if row["kind"] == k else ""
+        per = ""
+        if row["kind"] == k:
+            per = "; " + ", ".join(f"{g} {err(row[f'{g}_predicted_s'], row[f'{g}_measured_s'])}"
+                                   for g in ("fwd", "bwd", "update"))
+        con.print(f"  {k}{default} cost model predicts {err(pred, row['measured_s'])}{per}")
 
 
 @click.command()
@@ -91,8 +126,14 @@ class _ProgressView:
               help="warm: classic hot inner loop; cold: evict the CPU caches before every timed "
                    "call, as the other ops of a training iteration do (closer to a real iteration "
                    "single-threaded, see docs/usage.md).")
+@click.option("--in-context/--no-in-context", "in_context", default=True, show_default=True,
+              help="Also run real training iterations under torch.profiler and store each op's "
+                   "in-context cost (local device; the default estimate, see docs/usage.md).")
+@click.option("--iterations", "in_context_iterations", type=click.IntRange(min=3), default=15,
+              show_default=True, help="Profiled training iterations of the in-context step.")
 @click.option("--iteration/--no-iteration", default=True, show_default=True,
-              help="Also time a whole training iteration (local device, zoo models).")
+              help="Also time whole training iterations, independently, to check the cost model "
+                   "(local device).")
 @click.option("--top", type=click.IntRange(min=0), default=30, show_default=True,
               help="Rows of the cost table to print (0 = all).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
@@ -103,7 +144,8 @@ class _ProgressView:
                    "(a changed key is always refused).")
 def profile(devices: tuple[str, ...], model: str, batch: int | None, input_shape: str | None,
             dtype: str, db_path: str, inventory: str | None, force: bool, cpus: str | None,
-            threads: int | None, samples: int, min_sample_time: float, cache: str, iteration: bool, top: int,
+            threads: int | None, samples: int, min_sample_time: float, cache: str,
+            in_context: bool, in_context_iterations: int, iteration: bool, top: int,
             quiet: bool, all_devices: bool, accept_new_host_key: bool) -> None:
     """Measure every distinct training op of MODEL on DEVICE and store the costs.
 
@@ -115,7 +157,8 @@ def profile(devices: tuple[str, ...], model: str, batch: int | None, input_shape
     cpu_list = _parse_cpus(cpus)
     out = console()
     err = console(err=True)
-    settings = {"samples": samples, "min_sample_time": min_sample_time, "cache": cache}
+    settings = {"samples": samples, "min_sample_time": min_sample_time, "cache": cache,
+                "in_context_iterations": in_context_iterations}
     warn = lambda w: err.print(f"[yellow]Warning:[/] {escape(w)}")  # noqa: E731
     connect_options = {"accept_new_host_key": accept_new_host_key, "on_warning": warn}
     if all_devices:
@@ -141,8 +184,9 @@ def profile(devices: tuple[str, ...], model: str, batch: int | None, input_shape
                 res = run_profile(db_path, device=device, model=model, batch=batch, input_shape=shape,
                                   dtype=dtype, force=force, cpus=cpu_list, threads=threads,
                                   settings=settings, inventory=inventory, iteration=iteration,
-                                  progress=view, on_warning=warn, connect_options=connect_options)
-        if res.planned == 0 and res.session_id is None:
+                                  in_context=in_context, progress=view, on_warning=warn,
+                                  connect_options=connect_options)
+        if res.planned == 0 and res.session_id is None and res.in_context is None:
             err.print(escape(f"{device}: all {res.skipped} distinct ops of {res.model_key} are "
                              "already measured; use --force to measure again"))
         else:
@@ -152,15 +196,17 @@ def profile(devices: tuple[str, ...], model: str, batch: int | None, input_shape
             err.print(f"[yellow]Warning:[/] op {sig} is unstable (CV above 10% after re-measuring)")
         for f in res.failed:
             err.print(f"[red]Failed:[/] {escape(f)}")
+        if res.in_context is not None:
+            ic = res.in_context
+            err.print(escape(
+                f"{device}: in-context costs of {ic['ops']} ops from {ic['iterations']} profiled "
+                f"iterations; unattributed {100 * ic['unattributed_share']:.2f}% of the iteration "
+                f"({', '.join(sorted(ic['unattributed'])) or '-'}); profiler overhead removed "
+                f"{100 * ic['overhead_removed_share']:.2f}%"
+                + (f"; {ic['unstable']} ops unstable (CV above 10%)" if ic["unstable"] else "")))
         print_costs(db_path, device, res.model_key, top, out, settings=res.settings_id)
         if res.iteration_s is not None:
-            import costdb
-            with costdb.open(db_path, readonly=True) as db:
-                it = db.iterations(device)
-            row = it[it.model == res.model_key].iloc[-1]
-            if row["predicted_s"] == row["predicted_s"] and row["predicted_s"] is not None:
-                out.print(f"Whole iteration measured {fmt_seconds(row['measured_s'])}; cost model "
-                          f"predicts {fmt_seconds(row['predicted_s'])} ({100 * row['error']:+.1f}%)")
+            print_iteration_check(db_path, device, res.model_key, out)
     if device_errors:
         raise CostdbError(f"{device_errors} of {len(devices)} devices failed (errors above); the "
                           "others are saved, run the same command again to retry")

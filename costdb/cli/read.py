@@ -5,7 +5,7 @@ from typing import Any
 
 import click
 
-from costdb.cli.common import (console, db_option, emit_frame, escape, kind_option,
+from costdb.cli.common import (console, db_option, emit_frame, escape, estimate_option,
                                session_option, settings_option, table)
 from costdb.errors import CostdbError
 from costdb.units import fmt_bytes, fmt_joules, fmt_seconds, parse_shape
@@ -107,7 +107,7 @@ def print_costs(db_path: str, device: str, model_key: str, top: int | None, con:
 @db_option
 @settings_option
 @session_option
-@kind_option
+@estimate_option
 @click.option("--top", type=click.IntRange(min=0), default=30, show_default=True)
 def costs(device: str, model: str, batch: int | None, input_shape: str | None, db_path: str,
           settings: str | None, session: int | None, kind: str, top: int) -> None:
@@ -144,7 +144,7 @@ def query(sql: str, db_path: str, fmt: str) -> None:
               help="Output file (default: stdout for csv/json).")
 @settings_option
 @session_option
-@kind_option
+@estimate_option
 def export(db_path: str, fmt: str, device: str | None, model: str | None, output: str | None,
            settings: str | None, session: int | None, kind: str) -> None:
     """Export costs: per distinct op (one row per op and settings fingerprint, column
@@ -158,7 +158,7 @@ def export(db_path: str, fmt: str, device: str | None, model: str | None, output
         else:
             if session is not None:
                 raise CostdbError("--session selects a cost table: give --device and --model too")
-            df = db.ops(device, settings=settings, kind=kind)
+            df = db.ops(device, settings=settings, kind=None if kind == "auto" else kind)
     emit_frame(df, fmt, output)
 
 

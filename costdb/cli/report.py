@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from costdb.cli.common import db_option, settings_option
+from costdb.cli.common import db_option, estimate_option, settings_option
 
 
 @click.command()
@@ -16,12 +16,13 @@ from costdb.cli.common import db_option, settings_option
 @click.option("-o", "--output", default="report.html", show_default=True,
               type=click.Path(dir_okay=False), help="HTML file to write.")
 @settings_option
+@estimate_option
 def report(devices: tuple[str, ...], model: str | None, all_devices: bool, db_path: str,
-           output: str, settings: str | None) -> None:
+           output: str, settings: str | None, kind: str) -> None:
     """Write a self-contained HTML report: costs, charts, solver results, device comparison."""
     from reports.build import write_report
     path = write_report(db_path, output, devices=list(devices), model=model, all_devices=all_devices,
-                        settings=settings)
+                        settings=settings, kind=kind)
     click.echo(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)", err=True)
 
 
