@@ -1,8 +1,8 @@
 """Benchmark: does the cost model predict a real training iteration? (issue 10's target)
 
 For each model x batch x threads: profile the model on ``local`` into a fresh database (isolated
-ops, then the in-context step), read the per-node costs of each estimate (``in_context``,
-``isolated``) from the database, and compare their sums, total and per phase (fwd = forward +
+ops, then the in-context step), read the per-node costs of the default estimate (``costdb
+costs``' choice, in-context) and of the isolated one from the database, and compare their sums, total and per phase (fwd = forward +
 loss, bwd = backward, update = zero_grad + optimizer step), with an INDEPENDENT timing run of
 whole iterations of a freshly built copy of the model (``profiler.iteration.measure_iteration``:
 the user's own nn.Module, no profiler, no instrumentation), taken after the profile.
@@ -31,8 +31,7 @@ import torch
 
 import costdb
 from costdb.units import parse_shape
-from profiler.incontext import profile_in_context
-from profiler.iteration import PHASE_GROUPS, measure_iteration, model_trainer
+from profiler.iteration import PHASE_GROUPS, measure_iteration
 from profiler.session import profile
 
 PHASES = ("total", *PHASE_GROUPS)
@@ -60,28 +59,23 @@ def run_case(model: str, batch: int, threads: int, args: argparse.Namespace) -> 
     row: dict[str, Any] = {"model": model, "batch": batch, "threads": threads, "load0": load0}
     with tempfile.TemporaryDirectory() as d:
         path = os.path.join(d, "bench.db")
-        settings = {"samples": args.samples, "cache": "warm"}
-        profile(path, device="local", model=model, batch=batch, input_shape=shape,
-                threads=threads, settings=settings)
+        settings = {"samples": args.samples, "cache": "warm",
+                    "in_context_iterations": args.iterations}
+        res = profile(path, device="local", model=model, batch=batch, input_shape=shape,
+                      threads=threads, settings=settings, in_context=True)
+        ic = res.in_context
         with costdb.open(path) as db:
-            iso = db.costs("local", model if not shape else model, batch=batch, input_shape=shape)
-        isolated = dict(zip(iso["signature"], iso["runtime_s"]))
-        # in-context: real iterations of the model under torch.profiler
-        tr = model_trainer(model, batch, shape)
-        ic = profile_in_context(tr, iterations=args.iterations, isolated=isolated)
-        est = ic.node_estimates()
-        sig_cv = [v["runtime"]["cv"] for v in ic.signature_figures().values()]
-        row["in_context"] = ic.phases()
-        row["isolated"] = _predict(iso)
-        row["cv_in_context"] = statistics.median(sig_cv)
-        row["cv_isolated"] = float(iso.drop_duplicates("signature")["runtime_cv"].median())
-        cov = ic.coverage()
-        row["unattributed_share"] = cov["unattributed_share"]
-        row["overhead_share"] = cov["overhead_share"]
-        row["nodes"] = len(est)
-        row["profiled_wall_s"] = cov["wall_s"]
-        row["events"] = sum(ic.events.values())
-        row["per_event_s"] = ic.overhead.per_event_s
+            default = db.costs("local", res.model_key)          # what every command uses
+            other = db.costs("local", res.model_key, kind="isolated")
+        row["default_kind"] = default.attrs["kind"]
+        for name, df in (("in_context", default), ("isolated", other)):
+            row[name] = _predict(df)
+            row[f"cv_{name}"] = float(df.drop_duplicates("signature")["runtime_cv"].median())
+        row["unattributed_share"] = ic["unattributed_share"]
+        row["overhead_share"] = ic["overhead_removed_share"]
+        row["profiled_wall_s"] = ic["wall_s"]
+        row["events"] = ic["events_per_iteration"]
+        row["per_event_s"] = ic["overhead"]["per_event_s"]
     row["profile_wall_s"] = time.perf_counter() - t0
     # the independent check: a fresh model instance, plain iterations, no profiler
     it = measure_iteration(model, batch, shape, warmups=3, samples=args.check_samples)
@@ -129,8 +123,8 @@ def main() -> None:
     print("# errors: prediction vs an independent measured iteration, total / fwd / bwd / update (%)")
     print("| model | batch | threads | load (start-end) | iteration (CV) | in_context error | "
           "isolated error | median CV in_context / isolated | unattributed | profiler overhead | "
-          "overhead per event implied / calibrated | profile wall | flag |")
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+          "overhead per event implied / calibrated | profile wall | default | flag |")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     rows = []
     for model in args.models.split(","):
         for batch in (int(b) for b in args.batches.split(",")):
@@ -147,7 +141,8 @@ def main() -> None:
                       f"{100 * r['cv_in_context']:.1f}% / {100 * r['cv_isolated']:.1f}% | "
                       f"{100 * r['unattributed_share']:.2f}% | {100 * r['overhead_share']:.2f}% | "
                       f"{1e6 * r['implied_per_event_s']:.2f} / {1e6 * r['per_event_s']:.2f} us | "
-                      f"{r['profile_wall_s']:.0f} s | {'BUSY' if r['busy'] else ''} |", flush=True)
+                      f"{r['profile_wall_s']:.0f} s | {r['default_kind']} | {'BUSY' if r['busy'] else ''} |",
+                      flush=True)
     quiet = [r for r in rows if not r["busy"]]
     print(f"# {len(quiet)} of {len(rows)} rows measured on a quiet machine")
     for est in ("in_context", "isolated"):

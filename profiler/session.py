@@ -123,6 +123,8 @@ def _in_context_step(db: Database, device: str, session_id: int, settings_id: in
     figure x uses sums to those nodes' time in each iteration); its median over iterations is
     the estimate, the per-iteration values are the raw samples. Everything is written in one
     transaction at the end: an interrupted step leaves nothing, and the next run repeats it.
+    Returns the step's summary (coverage, unattributed time, overhead), which the session keeps
+    in its environment as ``in_context``.
     """
     from profiler.incontext import profile_in_context
     from profiler.iteration import model_trainer
@@ -168,9 +170,8 @@ def _in_context_step(db: Database, device: str, session_id: int, settings_id: in
                "unattributed": res.unattributed_detail,
                "overhead_removed_share": coverage["overhead_share"],
                "overhead": res.overhead.to_dict(), "predicted": res.phases(),
+               "events_per_iteration": sum(res.events.values()),
                "by_kind_s": res.kinds}
-    env = db.session(session_id).environment
-    db.update_session(session_id, environment={**env, "in_context": summary})
     return summary
 
 
@@ -294,7 +295,8 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
                 for w in throttle_warnings(facts, final.get("end")):
                     result.warnings.append(w)
                     warn(w)
-                db.update_session(sid, environment={**env, "facts": final})
+                extra = {"in_context": result.in_context} if result.in_context else {}
+                db.update_session(sid, environment={**env, "facts": final, **extra})
                 db.finish_session(sid, status, result.warnings)
                 result.status = status
                 emit("done", device=device)
