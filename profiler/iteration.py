@@ -74,7 +74,11 @@ def trainer(inst: ModelInstance, graph: TrainingGraph) -> Trainer:
     else:
         y = torch.randn(tuple(logits), dtype=tdtype)
         loss_fn = F.mse_loss
-    opt = torch.optim.SGD(net.parameters(), foreach=False, **_sgd_options(graph))
+    # frozen parameters get no gradient and no update node: the optimizer holds the others
+    params = [p for p in net.parameters() if p.requires_grad]
+    if not params:
+        raise CostdbError(f"{graph.key} has no trainable parameters; nothing to train")
+    opt = torch.optim.SGD(params, foreach=False, **_sgd_options(graph))
     return Trainer(net, x, y, loss_fn, opt, graph)
 
 
