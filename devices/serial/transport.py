@@ -54,7 +54,8 @@ BITS_PER_BYTE = 10          # 8N1: start bit, 8 data bits, stop bit
 LATENCY_S = 2.0             # host scheduling, USB polling, QEMU being descheduled
 CONTROL_COMPUTE_S = 5.0     # HELLO / PING: the board answers at once
 SYNC_S = 10.0               # how long the handshake waits for a silent board
-POKE_PAYLOAD = 32           # bytes of the recovery PING (board ring >= 256 B holds it)
+POKE_PAYLOAD = 128          # recovery PING: 139 B out (the board ring holds >= 256 B), its
+                            # PONG + m-ready (148 B) completes any cut frame in <= 3 pokes
 REQUEST_NAMES = {P.T_HELLO: "HELLO", P.T_RUN: "RUN", P.T_CALIB: "CALIB", P.T_PING: "PING"}
 
 
@@ -166,6 +167,7 @@ class SerialAgent:
         if not data:
             return []
         self._last_rx = time.monotonic()
+        self._poke_seq = None   # the board is talking: a poke, if one is out, may be repeated
         events = self.parser.feed(data)
         for ev in events:
             if isinstance(ev, P.Incomplete):
@@ -231,6 +233,9 @@ class SerialAgent:
             events = self._events()
             if not events and self.parser.pending() and self._poke_seq is None \
                     and now - self._last_rx > self.timing.poke_after_s:
+                # a partial frame and silence: either it is late, or bytes were lost and it
+                # waits for more than will come; the PONG completes it (then its CRC fails
+                # and the stream resyncs) or arrives after it as a stale frame
                 self._poke_seq = self._next_seq()
                 self.stats.pokes += 1
                 self._write(P.encode_frame(P.T_PING, self._poke_seq, b"\x00" * POKE_PAYLOAD))
@@ -238,10 +243,7 @@ class SerialAgent:
                 if isinstance(ev, P.Frame):
                     if ev.version != P.PROTOCOL_VERSION:
                         raise ProtocolVersionError(_version_message(ev.version))
-                    if ev.seq == self._poke_seq and ev.type in (P.R_PONG, P.R_NAK):
-                        self._poke_seq = None
-                        continue
-                    if ev.seq not in seqs:
+                    if ev.seq not in seqs:      # older replies, answers to pokes
                         self.stats.stale_frames += 1
                         continue
                     if ev.type == P.R_NAK:
@@ -318,14 +320,11 @@ class SerialAgent:
                 f" bytes at {self.timing.baud} baud + {LATENCY_S:g} s latency), {n} attempts"
                 f"{part}; check the board and the baud rate, or allow more time with "
                 f"'timeout = SECONDS' in its inventory entry")
-        if "malformed" in failures:
-            raise SerialLinkError(
-                f"{self.device} answered {what} with malformed replies ({bad_payload}) in "
-                f"{failures.count('malformed')} of {n} attempts: rebuild and reflash the "
-                f"firmware from this costdb")
-        raise SerialLinkError(
-            f"no valid reply from {self.device} to {what} after {n} attempts "
-            f"({', '.join(failures)}; parser errors: {self.parser.stats.errors})")
+        why = ", ".join(f"{failures.count(k)} {k}" for k in dict.fromkeys(failures))
+        fix = (f" ({bad_payload}): if this persists, rebuild and reflash the firmware from this "
+               f"costdb" if bad_payload else ": check the cable, the port and the baud rate")
+        raise SerialLinkError(f"no valid reply from {self.device} to {what} in {n} attempts "
+                              f"({why}){fix}")
 
     def link_stats(self) -> dict[str, Any]:
         """Counters of the link so far (what the profiler stores with the session)."""
