@@ -11,7 +11,8 @@ Faults for the board -> host direction, each applied to the next RESULT frame (`
 ``drop`` (bytes lost on the line), ``flip`` (a payload byte corrupted), ``length`` (the length
 field corrupted upwards, so the frame never completes by itself), ``malform`` (a short RESULT
 payload with a valid CRC: a broken or foreign firmware) and ``stall`` (the frame's second
-half held back for a while, as when the board's host process is descheduled).
+half held back for a while, as when the board's host process is descheduled). ``mute()``
+drops everything the board sends from then on (a board that stopped answering).
 """
 from __future__ import annotations
 
@@ -112,6 +113,7 @@ class UartProxy:
         self.injected: collections.Counter = collections.Counter()
         self._lock = threading.Lock()
         self._stop = False
+        self.muted = False
         self.front = front
         if front == "pty":
             self._master, slave = os.openpty()
@@ -174,6 +176,8 @@ class UartProxy:
                     break
                 if not from_board:
                     pacer.put(bytes(data))
+                    continue
+                if self.muted:
                     continue
                 held += data
                 self._release(held, pacer)
@@ -242,6 +246,10 @@ class UartProxy:
         """Arm ``count`` faults of ``kind`` for the next RESULT frames from the board."""
         with self._lock:
             self.faults.extend([kind] * count)
+
+    def mute(self) -> None:
+        """From now on nothing the board sends reaches the host."""
+        self.muted = True
 
     def close(self) -> None:
         self._stop = True
