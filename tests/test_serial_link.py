@@ -139,3 +139,11 @@ def test_board_that_stops_answering_is_reported_as_a_timeout(tmp_path):
     assert r.returncode == 2
     assert r.stderr.startswith("Error: timed out: no answer to name% from qemu-m4f"), r.stderr
     assert "115200 baud" in r.stderr and r.stderr.count("\n") == 1
+
+
+def test_bad_serial_timeout_in_inventory_is_one_line(tmp_path):
+    inv = link_inventory(tmp_path / "inv.toml", "badt", "socket://127.0.0.1:9", "qemu-m4f",
+                         115200, timeout='"soon"')
+    with pytest.raises(costdb.CostdbError) as err:
+        costdb.profile(str(tmp_path / "c.db"), device="badt", model="tinycnn", inventory=inv)
+    assert "timeout must be a number of seconds" in str(err.value) and "'soon'" in str(err.value)

@@ -27,7 +27,6 @@ import pytest
 import costdb
 from costdb.errors import CostdbError
 from devices.serial.qemu import QemuBoard
-from profiler.zoo import model_graph
 from serial_fixtures import (FAST, assert_rows_right, cpu_hogs, link_inventory,  # noqa: F401
                              profile_rows, reference_rows, session_link)
 from uart_proxy import UartProxy
