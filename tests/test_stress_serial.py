@@ -1,6 +1,6 @@
 """Stress: serial profiles on the emulated boards under CPU hogs that oversubscribe the cores,
 through UART-speed lines, and with kill -9 of the board or of the profiling process at random
-moments followed by a resume. Bounded in count (4 loaded profiles, 10 kills) and in time (hogs
+moments followed by a resume. Bounded in count (3 loaded profiles, 10 kills) and in time (hogs
 stop by themselves after 240 s and are stopped by pid), loopback only. Nothing here depends on
 how fast the machine is: every assertion is about the rows (each op exactly once, each row equal
 to the quiet direct-link reference) and the recorded link statistics.
@@ -49,7 +49,7 @@ def _lost_and_duplicated(rows: list[tuple], reference: dict) -> tuple[int, int]:
 
 
 @pytest.mark.parametrize("board, baud", [("qemu-m4f", None), ("qemu-m0", None),
-                                         ("qemu-m4f", 9600), ("qemu-m0", 115200)])
+                                         ("qemu-m0", 9600)])
 def test_profile_under_cpu_hogs(tmp_path, reference_rows, board, baud):
     """The whole tiny-CNN profile while 3 busy processes per core compete with QEMU and the
     host: it completes, every row right, and the session records the link statistics."""
