@@ -202,13 +202,14 @@ class SerialAgent:
             now = time.monotonic()
             if now > deadline:
                 break
+            events: list[P.Event] = []
             if now - max(sent, self._last_rx) > self.timing.resend_after_s:
                 head = self.parser.head()
                 if head is not None and head.kind == "frame":
-                    self.parser.resync()    # a stale frame cut short: nothing waits for it
+                    events = self.parser.resync()   # a stale frame cut short: nobody needs it
                 self._write(b"name%")
                 sent = now
-            for ev in self._events():
+            for ev in events + self._events():
                 if isinstance(ev, P.Line) and ev.text.startswith("m-name-"):
                     name = ev.text[len("m-name-"):]
                 elif isinstance(ev, P.Line) and ev.text == "m-ready" and name:
@@ -260,7 +261,7 @@ class SerialAgent:
                                               f"{ev.payload[2:].decode(errors='replace')}")
                     seqs[ev.seq].append(ev)
                 elif isinstance(ev, P.Line) and ev.text == "m-ready":
-                    for s, frames in seqs.items():
+                    for frames in seqs.values():
                         if any(f.type == final for f in frames):
                             return frames
                     if self.parser.stats.errors > errors0:

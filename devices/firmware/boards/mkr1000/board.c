@@ -8,6 +8,9 @@
  * timestamp on PA20 (MKR pin D6): low during a measured run. */
 #include "board.h"
 
+#define SCB_VTOR REG32(0xE000ED08u)
+extern const void *const vector_table[];
+
 #define NVMCTRL_CTRLB   REG32(0x41004004u)
 #define PM_APBCMASK     REG32(0x40000420u)
 #define SYSCTRL_PCLKSR  REG32(0x4000080Cu)
@@ -47,6 +50,7 @@ static void clock_init(void)
 
 void board_init(void)
 {
+    SCB_VTOR = (uint32_t)vector_table;   /* linked behind a bootloader: our vectors */
     clock_init();
     PM_APBCMASK |= (1u << 7);                                        /* SERCOM5 */
     GCLK_CLKCTRL = (uint16_t)(0x19u | (0u << 8) | (1u << 14));       /* SERCOM5_CORE <- GCLK0 */
