@@ -5,7 +5,8 @@
 Builds the database through the real schema (``costdb.open`` creates and migrates it) with plain
 inserts into the real tables: one device, one session, a model whose graph has one node per
 distinct op, one measurement per op, a whole-iteration measurement, and 1,000 Pareto points plus
-a stored schedule (tables ``sweeps``, ``schedules``, ``pareto_points`` of schema v3).
+a stored schedule (tables ``sweeps``, ``schedules``, ``pareto_points``), all measurements under one
+settings fingerprint (schema v4).
 Prints the build time, the report generation time (median of --repeat runs, in a fresh process
 state after the first) and the size of the HTML.
 """
@@ -38,6 +39,10 @@ def build(path: str, n_ops: int, n_points: int, seed: int = 1) -> None:
     rnd = random.Random(seed)
     now = "2026-01-01T00:00:00.000+00:00"
     db = costdb.open(path, create=True)
+    from costdb.settings import SettingsRecord
+    settings_id = db.add_settings(SettingsRecord(threads=4, affinity="0-3", cache="warm",
+                                                 dtype="float32", compute_unit="cpu",
+                                                 torch_version="2.3.0", agent_version="1"))
     con = db.conn
     profile = {"name": "bench", "board": "Raspberry Pi 4 Model B", "cpu": "4x Cortex-A72", "cores": 4,
                "clock_hz": 1.5e9, "ram_bytes": 4 << 30, "active_power_w": 3.0, "idle_power_w": 2.7,
@@ -73,6 +78,7 @@ def build(path: str, n_ops: int, n_points: int, seed: int = 1) -> None:
             rt = rnd.lognormvariate(-8, 1.5)
             cv = rnd.uniform(0.005, 0.15)
             meas.append({"device": "bench", "signature": sig, "session_id": sid, "status": "ok",
+                         "settings_id": settings_id, "kind": "isolated",
                          "runtime_s": rt, "runtime_mean_s": rt, "runtime_stdev_s": rt * cv,
                          "runtime_iqr_s": rt * cv * 1.3, "runtime_min_s": rt * 0.9, "runtime_max_s": rt * 1.2,
                          "runtime_cv": cv, "samples": 15, "inner_loops": 8, "unstable": int(cv > 0.1),
@@ -88,8 +94,8 @@ def build(path: str, n_ops: int, n_points: int, seed: int = 1) -> None:
         _insert_many(con, "measurements", meas)
         total = sum(m["runtime_s"] for m in meas)
         con.execute("INSERT INTO iterations (device, model_id, session_id, runtime_s, runtime_cv, samples,"
-                    " threads, optimizer, runtime_provenance, measured_at) VALUES ('bench', 1, ?, ?, 0.02,"
-                    " 15, 4, 'sgd', 'measured', ?)", (sid, total * 1.07, now))
+                    " threads, optimizer, runtime_provenance, measured_at, settings_id) VALUES ('bench',"
+                    " 1, ?, ?, 0.02, 15, 4, 'sgd', 'measured', ?, ?)", (sid, total * 1.07, now, settings_id))
         sweep_id = con.execute("INSERT INTO sweeps (device, model_id, mode, n_points, status, started_at)"
                                " VALUES ('bench', 1, 'integrated', ?, 'done', ?)",
                                (n_points, now)).lastrowid

@@ -109,8 +109,93 @@ CREATE INDEX idx_pareto_points_sweep ON pareto_points(sweep_id);
 CREATE INDEX idx_pareto_points_device_model ON pareto_points(device, model_id);
 """
 
-#: v3: solver schedules, Pareto sweeps and their points.
-MIGRATIONS: list[str] = [V1_CORE, V2_NET_ENERGY, V3_SCHEDULES]
+#: v4: settings fingerprints (measurements are comparable only under one), measurement kinds
+#: (isolated / in_context) and raw samples; failure messages and cost settings of schedules and
+#: Pareto points; per-phase measured times and settings of iterations. Old measurements get a
+#: settings row rebuilt from their session's environment and settings JSON (unknown fields NULL).
+V4_SETTINGS = """
+CREATE TABLE settings (
+    id INTEGER PRIMARY KEY, fingerprint TEXT NOT NULL UNIQUE, threads INTEGER, affinity TEXT,
+    cache TEXT, dtype TEXT, compute_unit TEXT, torch_version TEXT, onednn_version TEXT,
+    mkl_version TEXT, agent_version TEXT, kernel_variant TEXT, extra_json TEXT, created_at TEXT
+);
+ALTER TABLE measurements ADD COLUMN kind TEXT NOT NULL DEFAULT 'isolated';
+ALTER TABLE measurements ADD COLUMN settings_id INTEGER REFERENCES settings(id);
+ALTER TABLE measurements ADD COLUMN samples_json TEXT;
+ALTER TABLE sessions ADD COLUMN settings_id INTEGER REFERENCES settings(id);
+ALTER TABLE iterations ADD COLUMN settings_id INTEGER REFERENCES settings(id);
+ALTER TABLE iterations ADD COLUMN fwd_runtime_s REAL;
+ALTER TABLE iterations ADD COLUMN bwd_runtime_s REAL;
+ALTER TABLE iterations ADD COLUMN update_runtime_s REAL;
+ALTER TABLE schedules ADD COLUMN message TEXT;
+ALTER TABLE schedules ADD COLUMN settings_id INTEGER REFERENCES settings(id);
+ALTER TABLE schedules ADD COLUMN cost_kind TEXT;
+ALTER TABLE sweeps ADD COLUMN settings_id INTEGER REFERENCES settings(id);
+ALTER TABLE sweeps ADD COLUMN cost_kind TEXT;
+ALTER TABLE pareto_points ADD COLUMN message TEXT;
+
+-- the settings each old measurement was taken under, from its session (and device transport)
+CREATE TEMP TABLE v4_identity AS
+WITH base AS (
+    SELECT m.id AS measurement_id, s.environment_json AS env, s.settings_json AS cfg,
+           s.agent_version, md.dtype,
+           CASE WHEN coalesce(json_extract(s.environment_json, '$.transport'), d.transport) = 'serial'
+                THEN 'firmware'
+                WHEN lower(coalesce(json_extract(m.extra_json, '$.compute_unit'), 'cpu')) LIKE 'cuda%'
+                  OR lower(json_extract(m.extra_json, '$.compute_unit')) = 'gpu' THEN 'cuda'
+                ELSE 'cpu' END AS compute_unit
+    FROM measurements m JOIN sessions s ON s.id = m.session_id
+    LEFT JOIN models md ON md.id = s.model_id LEFT JOIN devices d ON d.name = s.device
+), ident AS (
+    SELECT measurement_id, compute_unit, dtype, agent_version,
+           CASE WHEN compute_unit = 'firmware' THEN NULL ELSE coalesce(
+               json_extract(env, '$.facts.threads'), json_extract(env, '$.threads')) END AS threads,
+           CASE WHEN compute_unit = 'firmware' THEN NULL
+                ELSE json_extract(env, '$.facts.affinity') END AS affinity_list,
+           CASE WHEN compute_unit = 'firmware' THEN NULL ELSE json_extract(cfg, '$.cache') END AS cache,
+           CASE WHEN compute_unit = 'firmware' THEN NULL
+                ELSE json_extract(env, '$.facts.torch') END AS torch_version,
+           json_extract(env, '$.facts.kernel_variant') AS kernel_variant,
+           CASE WHEN compute_unit = 'firmware' THEN json_patch('{}', json_object(
+                    'board', json_extract(env, '$.facts.board'),
+                    'clock_hz', json_extract(env, '$.facts.clock_hz'),
+                    'icount_shift', json_extract(env, '$.facts.icount_shift')))
+                ELSE '{}' END AS extra_json
+    FROM base
+)
+SELECT ident.*, costdb_fingerprint(json_object(
+           'threads', threads, 'affinity', json(affinity_list), 'cache', cache, 'dtype', dtype,
+           'compute_unit', compute_unit, 'torch_version', torch_version, 'onednn_version', NULL,
+           'mkl_version', NULL, 'agent_version', agent_version, 'kernel_variant', kernel_variant,
+           'extra', json(extra_json))) AS fingerprint
+FROM ident;
+
+INSERT OR IGNORE INTO settings (fingerprint, threads, affinity, cache, dtype, compute_unit,
+                                torch_version, agent_version, kernel_variant, extra_json, created_at)
+SELECT fingerprint, threads, costdb_cpu_list(affinity_list), cache, dtype, compute_unit,
+       torch_version, agent_version, kernel_variant, extra_json, strftime('%Y-%m-%dT%H:%M:%fZ')
+FROM v4_identity GROUP BY fingerprint ORDER BY min(measurement_id);
+
+UPDATE measurements SET settings_id = (
+    SELECT st.id FROM v4_identity v JOIN settings st ON st.fingerprint = v.fingerprint
+    WHERE v.measurement_id = measurements.id);
+UPDATE sessions SET settings_id = (
+    SELECT min(m.settings_id) FROM measurements m WHERE m.session_id = sessions.id);
+UPDATE iterations SET settings_id = (
+    SELECT s.settings_id FROM sessions s WHERE s.id = iterations.session_id);
+DROP TABLE v4_identity;
+
+DROP INDEX idx_measurements_unique;
+CREATE UNIQUE INDEX idx_measurements_unique ON measurements(device, signature, session_id, kind);
+CREATE INDEX idx_measurements_settings ON measurements(device, kind, settings_id, signature);
+DROP VIEW current_measurements;
+CREATE VIEW current_measurements AS
+SELECT m.*, o.op, o.phase, o.dtype FROM measurements m JOIN ops o ON o.signature = m.signature
+JOIN (SELECT MAX(id) AS id FROM measurements
+      GROUP BY device, signature, settings_id, kind) latest ON m.id = latest.id;
+"""
+
+MIGRATIONS: list[str] = [V1_CORE, V2_NET_ENERGY, V3_SCHEDULES, V4_SETTINGS]
 LATEST = len(MIGRATIONS)
 
 
@@ -118,8 +203,17 @@ def version(conn: sqlite3.Connection) -> int:
     return conn.execute("PRAGMA user_version").fetchone()[0]
 
 
+def register_functions(conn: sqlite3.Connection) -> None:
+    """SQL functions the migrations use: ``costdb_fingerprint(identity_json)`` and
+    ``costdb_cpu_list(json_list)`` (costdb.settings)."""
+    from costdb.settings import cpu_list, sql_fingerprint
+    conn.create_function("costdb_fingerprint", 1, sql_fingerprint, deterministic=True)
+    conn.create_function("costdb_cpu_list", 1, cpu_list, deterministic=True)
+
+
 def migrate(conn: sqlite3.Connection, target: int = LATEST) -> int:
     """Apply migrations up to ``target``, each atomically; returns the version reached."""
+    register_functions(conn)
     current = version(conn)
     for v in range(current + 1, target + 1):
         try:

@@ -2,8 +2,12 @@
 device's agent, and write each result into the database as it arrives.
 
 Resumable by construction: the plan is "signatures of the model without a finished measurement on
-this device", and every result is committed on its own, so an interrupted run (Ctrl-C, kill,
-dropped link) loses at most the op in flight and the next run measures only what is missing.
+this device under the same settings fingerprint" (costdb.settings: threads, affinity, cache mode,
+dtype, compute unit, kernel library and agent versions), and every result is committed on its
+own, so an interrupted run (Ctrl-C, kill, dropped link) loses at most the op in flight and the
+next run measures only what is missing. ``force`` measures every op again in a new session whose
+rows supersede the older ones of the same fingerprint (which stay, for history and ``costdb
+compare``).
 """
 from __future__ import annotations
 
@@ -14,6 +18,7 @@ from typing import Any, Callable
 
 from costdb.database import Database, preflight
 from costdb.records import Measurement
+from costdb.settings import settings_from_facts
 from devices.catalog import DeviceProfile
 from devices.connect import connect, entry_for
 from devices.inventory import Inventory, load as load_inventory
@@ -38,6 +43,8 @@ class ProfileResult:
     unstable: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
     iteration_s: float | None = None
+    #: the settings fingerprint (``settings`` row id) the measurements were taken under
+    settings_id: int | None = None
 
 
 def attribute_energy(result: dict[str, Any], profile: DeviceProfile,
@@ -125,17 +132,25 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
         db.upsert_device(entry.profile)
         model_id = db.save_graph(graph)
         db.close_stale_sessions(device)
-        done = set() if force else db.done_signatures(device)
-        plan = [s for s in graph.distinct_specs() if s["signature"] not in done]
-        result = ProfileResult(device, graph.key, None, len(plan), 0, len(graph.signatures()) - len(plan),
-                               "complete")
-        if not plan and not iteration:
-            return result
         emit = progress or (lambda *a, **k: None)
         warn = on_warning or (lambda msg: None)
         with connect(entry, cpus=cpus, threads=threads, options=connect_options) as agent:
             hello = agent.hello()
             facts = hello.get("facts", {})
+            # the fingerprint these measurements will carry: only ops measured under the same
+            # settings count as done (a profile at --threads 2 reuses nothing from --threads 1)
+            fingerprint = settings_from_facts(
+                facts, transport=entry.transport, dtype=graph.dtype, cache=settings.get("cache"),
+                compute_unit=getattr(agent, "compute_unit", None),
+                agent_version=hello.get("agent_version"))
+            settings_id = db.add_settings(fingerprint)
+            done = set() if force else db.done_signatures(device, settings_id)
+            plan = [s for s in graph.distinct_specs() if s["signature"] not in done]
+            result = ProfileResult(device, graph.key, None, len(plan), 0,
+                                   len(graph.signatures()) - len(plan), "complete",
+                                   settings_id=settings_id)
+            if not plan and not iteration:
+                return result
             result.warnings = noise_warnings(facts)
             for w in result.warnings:
                 warn(w)
@@ -148,7 +163,7 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
             sid = db.start_session(device, env, {**settings, "force": force, "model": graph.key},
                                    model_id, len(plan), agent_version=hello.get("agent_version"),
                                    energy_sensor=facts.get("energy_sensor"), idle_power_w=idle_w,
-                                   warnings=result.warnings)
+                                   warnings=result.warnings, settings_id=settings_id)
             result.session_id = sid
             status = "failed"
             try:
@@ -159,7 +174,8 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
                     res.setdefault("signature", spec["signature"])
                     res.setdefault("runtime_provenance", agent.runtime_provenance)
                     energy = attribute_energy(res, entry.profile, idle_w)
-                    m = Measurement.from_result(device, sid, res, energy)
+                    m = Measurement.from_result(device, sid, res, energy, kind="isolated",
+                                                settings_id=settings_id)
                     if db.add_measurement(m):
                         result.measured += 1
                     if m.unstable:
@@ -171,7 +187,7 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
                     from profiler.iteration import measure_iteration
                     emit("iteration", device=device)
                     it = measure_iteration(model, batch, input_shape, dtype=dtype)
-                    db.add_iteration(device, model_id, sid, it)
+                    db.add_iteration(device, model_id, sid, it, settings_id=settings_id)
                     result.iteration_s = it["median"]
                 status = "complete" if not result.failed else "complete_with_errors"
             except KeyboardInterrupt:

@@ -6,8 +6,10 @@ atomically. The page has no external references: CSS and the small sort/filter s
 figures are inline SVG made by ``reports.figures``. Every string from the database reaches the page
 through jinja2 autoescaping (or, inside figures, matplotlib's XML escaping).
 
-Solver results (tables ``schedules`` and ``pareto_points``) are optional: when they are missing the
-sections say which command produces them.
+Everything comes from ``costdb.Database`` — the typed records the profiler and the solver store
+(``DeviceRecord``, ``SessionRecord``, ``ScheduleRecord``, ``ParetoPointRecord``...) and the cost
+DataFrames; this module runs no SQL. Solver results are optional: when there are none the sections
+say which command produces them.
 """
 from __future__ import annotations
 
@@ -26,6 +28,7 @@ from markupsafe import Markup, escape
 import costdb
 from costdb.files import write_text_atomic
 from costdb.errors import CostdbError
+from costdb.records import ParetoPointRecord, ScheduleRecord, SessionRecord
 from costdb.units import fmt_bytes, fmt_joules, fmt_seconds
 from reports import figures
 
@@ -87,26 +90,6 @@ def _json(text: Any, default: Any) -> Any:
         return default
 
 
-def _shape_text(shapes: Any) -> str:
-    if not shapes:
-        return ""
-    return ", ".join("x".join(str(d) for d in s) if isinstance(s, (list, tuple)) else str(s)
-                     for s in shapes)
-
-
-def _tables(conn) -> set[str]:
-    return {r[0] for r in conn.execute("SELECT name FROM sqlite_master WHERE type IN ('table','view')")}
-
-
-def _columns(conn, table: str) -> list[str]:
-    return [r[1] for r in conn.execute(f"PRAGMA table_info({table})")]
-
-
-def _pick(cols: Iterable[str], *names: str) -> str | None:
-    cols = set(cols)
-    return next((n for n in names if n in cols), None)
-
-
 def _provenances(values: Iterable[Any]) -> list[dict[str, Any]]:
     c = Counter(v for v in values if isinstance(v, str) and v)
     return [{"name": k, "count": n} for k, n in sorted(c.items())]
@@ -114,11 +97,12 @@ def _provenances(values: Iterable[Any]) -> list[dict[str, Any]]:
 
 # --- device header -------------------------------------------------------------------------------
 
-def _device_facts(db: costdb.Database, device: str, sessions: pd.DataFrame) -> dict[str, Any]:
-    row = db.conn.execute("SELECT board, cpu, arch, transport, profile_json, first_seen, last_seen"
-                          " FROM devices WHERE name = ?", (device,)).fetchone()
-    board, cpu, arch, transport, profile_json, first_seen, last_seen = row or (None,) * 7
-    prof = _json(profile_json, {})
+def _device_facts(db: costdb.Database, device: str,
+                  sessions: list[SessionRecord]) -> dict[str, Any]:
+    dev = db.require_device(device)
+    board, cpu, arch, transport = dev.board, dev.cpu, dev.arch, dev.transport
+    first_seen, last_seen = dev.first_seen, dev.last_seen
+    prof = dev.profile
     facts: list[tuple[str, str]] = [("board", board or "-"), ("cpu", cpu or "-"),
                                     ("architecture", arch or "-"), ("transport", transport or "-")]
     if prof.get("based_on"):
@@ -149,9 +133,8 @@ def _device_facts(db: costdb.Database, device: str, sessions: pd.DataFrame) -> d
     sources = sorted((str(k), str(v)) for k, v in (prof.get("sources") or {}).items())
     # What the agent reported in the latest session
     observed: list[tuple[str, str]] = []
-    if len(sessions):
-        env = _json(sessions.iloc[-1]["environment_json"], {})
-        f = env.get("facts") or {}
+    if sessions:
+        f = sessions[-1].facts
         for key, label in (("cpu_model", "CPU model"), ("cores", "cores"), ("machine", "machine"),
                            ("mem_total_bytes", "memory"), ("kernel", "kernel"), ("python", "python"),
                            ("torch", "torch"), ("cuda", "CUDA"), ("hostname", "hostname"),
@@ -169,16 +152,13 @@ def _device_facts(db: costdb.Database, device: str, sessions: pd.DataFrame) -> d
             "description": prof.get("description") or ""}
 
 
-def _session_rows(sessions: pd.DataFrame, model_keys: dict[int, str]) -> list[dict[str, Any]]:
+def _session_rows(sessions: list[SessionRecord], model_keys: dict[int, str]) -> list[dict[str, Any]]:
     rows = []
-    for _, r in sessions.iterrows():
-        env = _json(r.get("environment_json"), {})
-        f = env.get("facts") or {}
-        settings = _json(r.get("settings_json"), {})
-        warnings = _json(r.get("warnings_json"), [])
-        versions = [f"costdb {r.get('costdb_version') or '?'}"]
-        if r.get("agent_version"):
-            versions.append(f"agent {r['agent_version']}")
+    for r in sessions:
+        env, f = r.environment, r.facts
+        versions = [f"costdb {r.costdb_version or '?'}"]
+        if r.agent_version:
+            versions.append(f"agent {r.agent_version}")
         for k in ("python", "torch"):
             if f.get(k):
                 versions.append(f"{k} {f[k]}")
@@ -193,19 +173,19 @@ def _session_rows(sessions: pd.DataFrame, model_keys: dict[int, str]) -> list[di
             environment.append("temp " + ", ".join(f"{v}°C" for v in f["temperatures_c"].values()))
         if env.get("threads") or f.get("threads"):
             environment.append(f"threads {env.get('threads') or f.get('threads')}")
-        if r.get("host"):
-            environment.append(f"host {r['host']}")
-        mid = r.get("model_id")
+        if r.host:
+            environment.append(f"host {r.host}")
         rows.append({
-            "id": int(r["id"]), "status": r.get("status") or "", "started": r.get("started_at") or "",
-            "ended": r.get("ended_at") or "",
-            "model": model_keys.get(int(mid), str(mid)) if _num(mid) is not None else "-",
-            "planned": "-" if _num(r.get("planned")) is None else int(r["planned"]),
-            "measured": "-" if _num(r.get("measured")) is None else int(r["measured"]),
-            "sensor": r.get("energy_sensor") or "none (energy modeled)",
+            "id": r.id, "status": r.status or "", "started": r.started_at or "",
+            "ended": r.ended_at or "",
+            "model": model_keys.get(r.model_id, str(r.model_id)) if r.model_id is not None else "-",
+            "planned": "-" if r.planned is None else r.planned,
+            "measured": "-" if r.measured is None else r.measured,
+            "sensor": r.energy_sensor or "none (energy modeled)",
             "versions": "; ".join(versions), "environment": "; ".join(environment),
-            "settings": ", ".join(f"{k}={v}" for k, v in sorted(settings.items()) if k != "model"),
-            "warnings": [str(w) for w in warnings]})
+            "settings": ", ".join(([f"fingerprint #{r.settings_id}"] if r.settings_id is not None else [])
+                                  + [f"{k}={v}" for k, v in sorted(r.settings.items()) if k != "model"]),
+            "warnings": [str(w) for w in r.warnings]})
     return rows
 
 
@@ -327,10 +307,9 @@ def _phase_table(df: pd.DataFrame) -> list[dict[str, Any]]:
 
 
 def _model_cost_section(db: costdb.Database, device: str, key: str, model_id: int,
-                        node_limit: int) -> dict[str, Any]:
-    df = db.costs(device, key)
-    shapes = {int(i): _shape_text(_json(s, [])) for i, s in db.conn.execute(
-        "SELECT idx, input_shapes_json FROM graph_nodes WHERE model_id = ?", (model_id,))}
+                        node_limit: int, settings: Any = None) -> dict[str, Any]:
+    df = db.costs(device, key, settings=settings)
+    shapes = db.node_labels(model_id)
     measured = df["status"].eq("ok")
     distinct = _distinct_rows(df, shapes)
     nodes, hidden = _node_rows(df, node_limit)
@@ -376,46 +355,8 @@ def _iteration_rows(db: costdb.Database, device: str, key: str) -> list[dict[str
 
 # --- solver results ---------------------------------------------------------------------------------
 
-def _solver_frames(db: costdb.Database, device: str, model_id: int) -> dict[str, Any]:
-    """Stored Pareto points and schedules of (device, model), tolerant of the exact columns."""
-    tables = _tables(db.conn)
-    out: dict[str, Any] = {"schedules": None, "points": None}
-    for table in ("schedules", "pareto_points"):
-        if table not in tables:
-            continue
-        cols = _columns(db.conn, table)
-        where, args = [], []
-        if "device" in cols:
-            where.append("device = ?")
-            args.append(device)
-        if "model_id" in cols:
-            where.append("model_id = ?")
-            args.append(model_id)
-        sql = f"SELECT * FROM {table}" + (" WHERE " + " AND ".join(where) if where else "")
-        sql += " ORDER BY " + ("id" if "id" in cols else "rowid")
-        df = pd.read_sql_query(sql, db.conn, params=args)
-        out["schedules" if table == "schedules" else "points"] = df
-    return out
-
-
-def _series_name(row: dict[str, Any], cols: Sequence[str]) -> str:
-    for c in ("baseline", "mode", "formulation", "strategy"):
-        if c in cols and isinstance(row.get(c), str) and row[c]:
-            return row[c]
-    return "integrated"
-
-
-def _is_pareto(row: dict[str, Any], cols: Sequence[str]) -> bool | None:
-    for c in ("pareto", "is_pareto", "on_front", "non_dominated", "nondominated"):
-        if c in cols and row.get(c) is not None and row.get(c) == row.get(c):
-            return bool(row[c])
-    if "dominated" in cols and row.get("dominated") is not None:
-        return not bool(row["dominated"])
-    return None
-
-
 def _front(points: list[dict[str, Any]], x: str) -> None:
-    """Mark non-dominated points (minimise x and energy) per series where the DB has no flag."""
+    """Mark the non-dominated points of each series in the (x, energy) projection."""
     for series in {p["series"] for p in points}:
         sp = sorted((p for p in points if p["series"] == series and p.get("pareto") is None
                      and p.get(x) is not None and p.get("energy_j") is not None),
@@ -513,53 +454,41 @@ def _schedule_states(sched: Any, n_nodes: int) -> list[list[str]] | None:
     return None
 
 
+def _schedule_row(r: ScheduleRecord) -> dict[str, Any]:
+    return {"id": r.id, "series": r.mode or "integrated", "solver": r.solver or "",
+            "status": r.status or "", "budget": _num(r.budget_bytes), "deadline": _num(r.deadline_s),
+            "energy_j": _num(r.energy_j), "runtime_s": _num(r.runtime_s),
+            "peak": _num(r.peak_memory_bytes), "solve_time": _num(r.solve_time_s),
+            "created": r.created_at or "", "provenance": r.cost_provenance or "",
+            "has_schedule": r.has_schedule, "from_sweep": r.sweep_id is not None,
+            "method": r.method or "", "chosen": False}
+
+
+def _point_row(p: ParetoPointRecord) -> dict[str, Any]:
+    return {"series": p.series, "pareto": p.pareto, "energy_j": _num(p.energy_j),
+            "runtime_s": _num(p.runtime_s), "peak": _num(p.peak_memory_bytes),
+            "budget": _num(p.budget_bytes), "deadline": _num(p.deadline_s)}
+
+
 def _solver_section(db: costdb.Database, device: str, key: str, name: str, model_id: int,
                     db_hint: str, node_names: list[str]) -> dict[str, Any]:
-    frames = _solver_frames(db, device, model_id)
     pareto_cmd = f"costdb pareto --device {device} --model {name}{db_hint}"
     solve_cmd = f"costdb solve --device {device} --model {name} --memory 256MiB --deadline 2s{db_hint}"
     sec: dict[str, Any] = {"pareto_cmd": pareto_cmd, "solve_cmd": solve_cmd, "points": 0,
                            "fig_energy_runtime": None, "fig_energy_memory": None, "schedules": [],
                            "chosen": None, "fig_grid": None, "grid_note": "", "series": []}
-    sched_df = frames["schedules"]
+    records = db.schedule_list(device=device, model_id=model_id)
     chosen = None
-    if sched_df is not None and len(sched_df):
-        cols = list(sched_df.columns)
-        c_en = _pick(cols, "energy_j", "objective_j", "objective", "energy")
-        c_rt = _pick(cols, "runtime_s", "makespan_s", "runtime")
-        c_mem = _pick(cols, "peak_memory_bytes", "peak_ram_bytes", "memory_bytes")
-        c_status = _pick(cols, "status")
-        rows = []
-        for rec in sched_df.to_dict("records"):
-            status = str(rec.get(c_status) or "") if c_status else ""
-            rows.append({
-                "id": rec.get("id"), "series": _series_name(rec, cols),
-                "solver": str(rec.get("solver") or ""), "status": status,
-                "budget": _num(rec.get("budget_bytes")), "deadline": _num(rec.get("deadline_s")),
-                "energy_j": _num(rec.get(c_en)) if c_en else None,
-                "runtime_s": _num(rec.get(c_rt)) if c_rt else None,
-                "peak": _num(rec.get(c_mem)) if c_mem else None,
-                "solve_time": _num(rec.get(_pick(cols, "solve_time_s", "solve_s", "wall_s") or "")),
-                "created": str(rec.get(_pick(cols, "created_at", "solved_at", "at") or "") or ""),
-                "provenance": str(rec.get(_pick(cols, "provenance", "cost_provenance") or "") or ""),
-                "json": rec.get(_pick(cols, "schedule_json", "schedule", "solution_json") or ""),
-                "has_schedule": bool(rec.get(_pick(cols, "schedule_json", "schedule", "solution_json") or "")),
-                "from_sweep": _num(rec.get("sweep_id")) is not None,
-                "method": str(rec.get("method") or ""),
-                "flag": any(_num(rec.get(c)) for c in ("chosen", "selected", "recommended")
-                            if c in cols),
-                "chosen": False})
-        feasible = [r for r in rows if r["energy_j"] is not None and r["has_schedule"]
-                    and r["status"].lower() in ("optimal", "feasible", "time_limit", "")]
-        flagged = [r for r in rows if r["flag"]]
-        integ = [r for r in feasible if r["series"] in ("integrated", "poet", "remat+paging")]
-        # The recommendation: an explicitly flagged schedule; else the latest integrated schedule
-        # the user asked for with 'costdb solve' (not part of a sweep); else the lowest-energy
-        # integrated one; else the lowest-energy schedule of any kind.
+    if records:
+        by_id = {r.id: r for r in records}
+        rows = [_schedule_row(r) for r in records]
+        feasible = [r for r in rows if r["energy_j"] is not None and by_id[r["id"]].feasible]
+        integ = [r for r in feasible if r["series"] == "integrated"]
+        # The recommendation: the latest integrated schedule the user asked for with 'costdb
+        # solve' (not part of a sweep); else the lowest-energy integrated one; else the
+        # lowest-energy schedule of any kind.
         direct = [r for r in integ if not r["from_sweep"]]
-        if flagged:
-            chosen = flagged[-1]
-        elif direct:
+        if direct:
             chosen = direct[-1]
         elif integ:
             chosen = min(integ, key=lambda r: (r["energy_j"], -(r["id"] or 0)))
@@ -567,7 +496,7 @@ def _solver_section(db: costdb.Database, device: str, key: str, name: str, model
             chosen = min(feasible, key=lambda r: (r["energy_j"], -(r["id"] or 0)))
         if chosen:
             chosen["chosen"] = True
-            sched_obj = _json(chosen["json"], None) if isinstance(chosen["json"], str) else chosen["json"]
+            sched_obj = _json(by_id[chosen["id"]].schedule_json, None)
             states = _schedule_states(sched_obj, len(node_names))
             if states:
                 n = len(states[0])
@@ -584,24 +513,11 @@ def _solver_section(db: costdb.Database, device: str, key: str, name: str, model
             else:
                 sec["grid_note"] = ("the chosen schedule has no stage x node decisions stored "
                                     "(schedule_json missing or in an unknown encoding)")
-        for r in rows:
-            r.pop("json", None)
         sec["schedules"] = rows
         sec["chosen"] = chosen
-    pts_df = frames["points"]
-    if pts_df is not None and len(pts_df):
-        cols = list(pts_df.columns)
-        c_en = _pick(cols, "energy_j", "objective_j", "objective", "energy")
-        c_rt = _pick(cols, "runtime_s", "makespan_s", "runtime")
-        c_mem = _pick(cols, "peak_memory_bytes", "peak_ram_bytes")
-        points = []
-        for rec in pts_df.to_dict("records"):
-            points.append({"series": _series_name(rec, cols), "pareto": _is_pareto(rec, cols),
-                           "energy_j": _num(rec.get(c_en)) if c_en else None,
-                           "runtime_s": _num(rec.get(c_rt)) if c_rt else None,
-                           "peak": _num(rec.get(c_mem)) if c_mem else None,
-                           "budget": _num(rec.get("budget_bytes")),
-                           "deadline": _num(rec.get("deadline_s"))})
+    point_records = db.pareto_point_list(device=device, model_id=model_id)
+    if point_records:
+        points = [_point_row(p) for p in point_records]
         for p in points:
             if p["budget"] is None:
                 p["budget"] = p["peak"]
@@ -632,11 +548,8 @@ def _solver_section(db: costdb.Database, device: str, key: str, name: str, model
 # --- comparison ---------------------------------------------------------------------------------------
 
 def _comparison(db: costdb.Database, model_id: int, key: str, name: str,
-                db_hint: str) -> dict[str, Any] | None:
-    devs = [r[0] for r in db.conn.execute(
-        "SELECT DISTINCT m.device FROM current_measurements m JOIN graph_nodes g"
-        " ON g.signature = m.signature WHERE g.model_id = ? AND m.status = 'ok' ORDER BY m.device",
-        (model_id,))]
+                db_hint: str, settings: Any = None) -> dict[str, Any] | None:
+    devs = db.measured_devices(model_id)
     if len(devs) < 2:
         return None
     rows = []
@@ -644,23 +557,18 @@ def _comparison(db: costdb.Database, model_id: int, key: str, name: str,
     energy: list[float] = []
     iters = db.iterations()
     for dev in devs:
-        df = db.costs(dev, key)
+        df = db.costs(dev, key, settings=settings)
         ok = df["status"].eq("ok")
         it = iters[(iters["device"] == dev) & (iters["model"] == key)]
         last = it.iloc[-1] if len(it) else None
         for g, phases in PHASE_GROUPS.items():
             per_phase[g].append(float(df.loc[df.phase.isin(phases), "runtime_s"].sum()))
         energy.append(float(df["energy_j"].sum()))
-        board = db.conn.execute("SELECT board, cpu FROM devices WHERE name = ?", (dev,)).fetchone()
-        solver_best = None
-        if "schedules" in _tables(db.conn):
-            fr = _solver_frames(db, dev, model_id)["schedules"]
-            if fr is not None and len(fr):
-                c_en = _pick(fr.columns, "energy_j", "objective_j", "objective", "energy")
-                if c_en:
-                    solver_best = _num(pd.to_numeric(fr[c_en], errors="coerce").min())
-        rows.append({"device": dev, "board": (board[0] if board else "") or "",
-                     "cpu": (board[1] if board else "") or "",
+        rec = db.require_device(dev)
+        energies = [e for e in (_num(r.energy_j) for r in db.schedule_list(dev, model_id))
+                    if e is not None]
+        solver_best = min(energies) if energies else None
+        rows.append({"device": dev, "board": rec.board or "", "cpu": rec.cpu or "",
                      "measured": f"{int(ok.sum())}/{len(df)}", "rt": _num(df["runtime_s"].sum()),
                      "en": _num(df["energy_j"].sum()), "mem": _num(df["peak_memory_bytes"].max()),
                      "unstable": int(df.drop_duplicates("signature")["unstable"].eq(True).sum()),
@@ -682,17 +590,18 @@ def _comparison(db: costdb.Database, model_id: int, key: str, name: str,
 
 # --- top level -------------------------------------------------------------------------------------
 
-def _models_with_data(db: costdb.Database, device: str) -> list[int]:
-    return [r[0] for r in db.conn.execute(
-        "SELECT DISTINCT g.model_id FROM graph_nodes g JOIN current_measurements m"
-        " ON m.signature = g.signature AND m.device = ? ORDER BY g.model_id", (device,))]
+def _counted(counts: dict[str, int]) -> list[dict[str, Any]]:
+    return [{"name": k, "count": n} for k, n in sorted(counts.items())]
 
 
 def collect(db: costdb.Database, devices: Sequence[str] | None = None, model: str | None = None,
             all_devices: bool = False, node_rows: int = NODE_ROWS,
-            db_label: str | None = None) -> dict[str, Any]:
-    """The template context: one section per device (and model) plus the fleet comparison."""
-    known = [r[0] for r in db.conn.execute("SELECT name FROM devices ORDER BY name")]
+            db_label: str | None = None, settings: Any = None) -> dict[str, Any]:
+    """The template context: one section per device (and model) plus the fleet comparison.
+
+    Each cost table is built from one settings fingerprint (``settings``: None when the
+    measurements agree, ``"latest"`` or an id; see ``costdb.Database.costs``)."""
+    known = [d.name for d in db.device_list()]
     if all_devices:
         devices = known
     devices = list(dict.fromkeys(devices or []))
@@ -709,26 +618,23 @@ def collect(db: costdb.Database, devices: Sequence[str] | None = None, model: st
         if d not in known:
             raise CostdbError(f"device {d!r} has no data in {db.path}"
                               + (f"; devices with data: {', '.join(known)}" if known else ""))
-    model_keys = {int(i): k for i, k in db.conn.execute("SELECT id, key FROM models")}
-    model_names = {int(i): n for i, n in db.conn.execute("SELECT id, name FROM models")}
+    stored = db.model_list()
+    model_keys = {m.id: m.key for m in stored}
+    model_names = {m.id: m.name for m in stored}
     chosen_model = db.resolve_model(model) if model else None
     hint = f" --db {db_label}" if db_label else ""
     sections = []
     compare_models: list[int] = []
     for dev in devices:
-        sessions = db.sessions(dev)
+        sessions = db.session_list(dev)
         info = _device_facts(db, dev, sessions)
-        mids = [chosen_model] if chosen_model is not None else _models_with_data(db, dev)
-        all_rt = _provenances(r[0] for r in db.conn.execute(
-            "SELECT runtime_provenance FROM current_measurements WHERE device = ?", (dev,)))
-        all_en = _provenances(r[0] for r in db.conn.execute(
-            "SELECT energy_provenance FROM current_measurements WHERE device = ?", (dev,)))
-        it_prov = _provenances(r[0] for r in db.conn.execute(
-            "SELECT runtime_provenance FROM iterations WHERE device = ?", (dev,)))
+        mids = [chosen_model] if chosen_model is not None else db.measured_models(dev)
+        prov = db.provenance_counts(dev)
+        all_rt, all_en, it_prov = (_counted(prov[k]) for k in ("runtime", "energy", "iteration"))
         models = []
         for mid in mids:
             key, name = model_keys[mid], model_names[mid]
-            costs = _model_cost_section(db, dev, key, mid, node_rows)
+            costs = _model_cost_section(db, dev, key, mid, node_rows, settings)
             node_names = costs.pop("df")["name"].tolist()
             iters = _iteration_rows(db, dev, key)
             fig_iter = figures.predicted_vs_measured(
@@ -749,7 +655,7 @@ def collect(db: costdb.Database, devices: Sequence[str] | None = None, model: st
                          "profile_cmd": f"costdb profile --device {dev} --model MODEL{hint}"})
     comparisons = []
     for mid in compare_models:
-        c = _comparison(db, mid, model_keys[mid], model_names[mid], hint)
+        c = _comparison(db, mid, model_keys[mid], model_names[mid], hint, settings)
         if c:
             comparisons.append(c)
     title_devs = ", ".join(devices) if len(devices) <= 4 else f"{len(devices)} devices"
@@ -763,16 +669,18 @@ def collect(db: costdb.Database, devices: Sequence[str] | None = None, model: st
 
 def render_report(db_path: str | os.PathLike, devices: Sequence[str] | None = None,
                   model: str | None = None, all_devices: bool = False,
-                  node_rows: int = NODE_ROWS) -> str:
+                  node_rows: int = NODE_ROWS, settings: Any = None) -> str:
     """The report as one HTML string (see module docstring)."""
     with costdb.open(db_path, readonly=True) as db:
-        ctx = collect(db, devices, model, all_devices, node_rows, db_label=str(db_path))
+        ctx = collect(db, devices, model, all_devices, node_rows, db_label=str(db_path),
+                      settings=settings)
     return _environment().get_template("report.html.j2").render(**ctx)
 
 
 def write_report(db_path: str | os.PathLike, output: str | os.PathLike = "report.html",
                  devices: Sequence[str] | None = None, model: str | None = None,
-                 all_devices: bool = False, node_rows: int = NODE_ROWS) -> Path:
+                 all_devices: bool = False, node_rows: int = NODE_ROWS,
+                 settings: Any = None) -> Path:
     """Render and write atomically (temp file in the target directory, then rename)."""
-    html = render_report(db_path, devices, model, all_devices, node_rows)
+    html = render_report(db_path, devices, model, all_devices, node_rows, settings)
     return write_text_atomic(output, html)

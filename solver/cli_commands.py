@@ -37,6 +37,9 @@ def _common(f):
                      show_default=True, help="Exact MILP or LP relaxation + rounding (fast)."),
         click.option("--inventory", type=click.Path(dir_okay=False), default=None,
                      help="Inventory TOML for user-defined devices."),
+        click.option("--settings", default=None, metavar="latest|ID",
+                     help="Costs measured under this settings fingerprint (id or fingerprint, see "
+                          "'costdb settings'); needed when the model was profiled under several."),
         _db,
     ]
     for o in reversed(opts):
@@ -61,7 +64,7 @@ def _inventory(path):
 @click.option("--binary", "binary_output", default=None, type=click.Path(dir_okay=False),
               help="Write the compact binary schedule (what a device receives).")
 def solve(device, model, graph, batch, input_shape, granularity, mode, solver, time_limit, gap,
-          compat, overlap, method, inventory, db_path, memory, deadline, threads, output,
+          compat, overlap, method, inventory, settings, db_path, memory, deadline, threads, output,
           binary_output):
     """Energy-optimal training schedule (rematerialization + paging) under a RAM budget and a
     deadline; validated by the simulator, stored in the schedules table.
@@ -74,7 +77,7 @@ def solve(device, model, graph, batch, input_shape, granularity, mode, solver, t
     res, inst, sid = run_solve(db_path, device, model, graph, memory, deadline, mode, solver,
                                time_limit, gap, threads, compat, overlap, method, batch,
                                input_shape, granularity, output, binary_output,
-                               inventory=_inventory(inventory))
+                               inventory=_inventory(inventory), settings=settings)
     for line in summary_lines(res, inst, sid):
         click.echo(line)
     if output:
@@ -96,8 +99,8 @@ def solve(device, model, graph, batch, input_shape, granularity, mode, solver, t
 @click.option("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786 "
                                                 "(default with --executor dask: a local cluster).")
 def pareto(device, model, graph, batch, input_shape, granularity, mode, solver, time_limit, gap,
-           compat, overlap, method, inventory, db_path, budgets, n_budgets, deadlines, executor,
-           workers, scheduler):
+           compat, overlap, method, inventory, settings, db_path, budgets, n_budgets, deadlines,
+           executor, workers, scheduler):
     """Sweep RAM budgets x deadlines, store every point and mark the non-dominated set
     (energy, runtime, peak memory).
 
@@ -113,7 +116,7 @@ def pareto(device, model, graph, batch, input_shape, granularity, mode, solver, 
     out, inst = run_pareto(db_path, device, model, graph, budgets, deadlines, n_budgets, mode,
                            solver, time_limit, gap, compat, overlap, method, executor, workers,
                            scheduler, batch, input_shape, granularity, progress,
-                           inventory=_inventory(inventory))
+                           inventory=_inventory(inventory), settings=settings)
     click.echo(f"sweep #{out.sweep_id}: {inst.name} on {inst.device or '-'}, {mode}, "
                f"{len(out.results)} points, {sum(out.pareto)} Pareto")
     click.echo(f"{'budget':>11} {'deadline':>9} {'status':>10} {'energy':>10} {'runtime':>9} "

@@ -16,7 +16,8 @@ from solver.solve import InfeasibleError, SolveResult, solve
 
 def load_instance(db: Any, device: str | None, model: str | None, graph: str | None,
                   batch: int | None = None, input_shape: str | None = None,
-                  granularity: str = "layer", inventory: Any = None) -> Instance:
+                  granularity: str = "layer", inventory: Any = None,
+                  settings: Any = None, kind: str = "isolated") -> Instance:
     if graph:
         if model:
             raise CostdbError("give either --model or --graph, not both")
@@ -28,7 +29,8 @@ def load_instance(db: Any, device: str | None, model: str | None, graph: str | N
     if not model or not device:
         raise CostdbError("give --device and --model (or --graph file.json)")
     shape = parse_shape(input_shape) if input_shape else None
-    return instance_from_db(db, device, model, batch, shape, granularity, inventory)
+    return instance_from_db(db, device, model, batch, shape, granularity, inventory,
+                            settings=settings, kind=kind)
 
 
 def _parse_budget(memory: str | None) -> int | None:
@@ -46,14 +48,16 @@ def run_solve(db_path: str, device: str | None = None, model: str | None = None,
               overlap: bool = False, method: str = "milp", batch: int | None = None,
               input_shape: str | None = None, granularity: str = "layer",
               output: str | None = None, binary_output: str | None = None,
-              store: bool = True, inventory: Any = None) -> tuple[SolveResult, Instance, int | None]:
+              store: bool = True, inventory: Any = None,
+              settings: Any = None) -> tuple[SolveResult, Instance, int | None]:
     """Solve one instance; store it (validated) and write the schedule files. Raises
     ``InfeasibleError`` (a CostdbError) with the minimum budget / fastest runtime when infeasible."""
     import costdb
     budget = _parse_budget(memory)
     dl = _parse_deadline(deadline)
     with costdb.open(db_path, create=True) as db:
-        inst = load_instance(db, device, model, graph, batch, input_shape, granularity, inventory)
+        inst = load_instance(db, device, model, graph, batch, input_shape, granularity, inventory,
+                             settings=settings)
         res = solve(inst, budget=budget, deadline=dl, mode=mode, solver=solver,
                     time_limit=time_limit, gap=gap, threads=threads, compat=compat,
                     overlap=overlap, method=method)
@@ -79,7 +83,9 @@ def summary_lines(res: SolveResult, inst: Instance, sid: int | None) -> list[str
     c = res.schedule.counts() if res.schedule else {}
     lines = [
         f"{inst.name} on {inst.device or '-'}: {res.mode}{' (compat)' if res.compat else ''}"
-        f"{' overlap' if res.overlap else ''}, {res.n_nodes} nodes, costs {res.cost_provenance}",
+        f"{' overlap' if res.overlap else ''}, {res.n_nodes} nodes, costs {res.cost_provenance}"
+        + (f" (settings #{inst.meta['settings_id']}, {inst.meta.get('cost_kind')})"
+           if inst.meta.get("settings_id") else ""),
         f"status {res.status} ({res.method}, {res.solver}); solve {res.solve_time_s:.2f} s, "
         f"{res.n_variables} variables, {res.n_constraints} constraints"
         + (f", gap {res.gap:.3%}" if res.gap is not None else ""),
@@ -112,14 +118,16 @@ def run_pareto(db_path: str, device: str | None = None, model: str | None = None
                overlap: bool = False, method: str = "milp", executor: str = "process",
                workers: int | None = None, scheduler: str | None = None, batch: int | None = None,
                input_shape: str | None = None, granularity: str = "layer",
-               progress: Callable[[int, int], None] | None = None, inventory: Any = None):
+               progress: Callable[[int, int], None] | None = None, inventory: Any = None,
+               settings: Any = None):
     """Sweep budgets x deadlines and store the points (with the non-dominated set marked)."""
     import costdb
     from solver.pareto import default_budgets, sweep
     if executor == "dask" and not scheduler:
         scheduler = None   # a LocalCluster on this machine
     with costdb.open(db_path, create=True) as db:
-        inst = load_instance(db, device, model, graph, batch, input_shape, granularity, inventory)
+        inst = load_instance(db, device, model, graph, batch, input_shape, granularity, inventory,
+                             settings=settings)
         b = [parse_size(x) for x in _split(budgets)] if budgets else \
             default_budgets(inst, n_budgets, mode, compat)
         d = [None if x.lower() in ("none", "-") else parse_duration(x) for x in _split(deadlines)] \

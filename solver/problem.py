@@ -494,13 +494,18 @@ def _prov(s: set[str]) -> str:
 
 def instance_from_db(db: Any, device: str, model: str, batch: int | None = None,
                      input_shape: Any = None, granularity: str = "layer", inventory: Any = None,
-                     optimizer_state_factor: float | None = None) -> Instance:
-    """Instance for ``model`` on ``device`` from the cost database.
+                     optimizer_state_factor: float | None = None, settings: Any = None,
+                     kind: str = "isolated") -> Instance:
+    """Instance for ``model`` on ``device`` from the cost database (a ``costdb.Database``).
+
+    The measured costs are those of one settings fingerprint and kind (``settings``: None, when
+    the measurements agree, ``"latest"`` or an id; see ``costdb.Database.costs``); the instance's
+    ``meta`` records ``settings_id`` and ``cost_kind`` and the stored schedules carry them.
 
     Measured costs (status ``ok``) are used where present; the rest is modelled from the device
     profile (provenance ``modeled``). A model not yet stored is built from the zoo and saved, so a
-    fresh database works. Energy uses the measurement's net energy (active minus idle, POET's
-    convention) when recorded, else its gross energy.
+    fresh database works (that alone needs torch). Energy uses the measurement's net energy
+    (active minus idle, POET's convention) when recorded, else its gross energy.
     """
     from devices.catalog import get_profile
     profile = get_profile(device, inventory)
@@ -513,13 +518,13 @@ def instance_from_db(db: Any, device: str, model: str, batch: int | None = None,
         shape = tuple(input_shape) if input_shape is not None and not isinstance(input_shape, str) else \
             (tuple(int(x) for x in input_shape.split("x")) if isinstance(input_shape, str) else None)
         g = model_graph(model, batch=batch, input_shape=shape)
-        row = db.conn.execute("SELECT id FROM models WHERE key = ?", (g.key,)).fetchone()
-        mid = row[0] if row else db.save_graph(g)
-    graph = db.graph(str(mid_key(db, mid)))
+        mid = db.model_id(g.key) or db.save_graph(g)
+    graph = db.graph(mid)
     costs: dict[int, dict[str, Any]] = {}
-    has_device = db.conn.execute("SELECT 1 FROM devices WHERE name = ?", (device,)).fetchone()
-    if has_device:
-        df = db.costs(device, mid_key(db, mid))
+    settings_id = None
+    if db.device(device) is not None:
+        df = db.costs(device, mid, settings=settings, kind=kind)
+        settings_id = df.attrs.get("settings_id")
         for r in df.itertuples(index=False):
             if r.status != "ok":
                 continue
@@ -531,11 +536,14 @@ def instance_from_db(db: Any, device: str, model: str, batch: int | None = None,
                                  "runtime_provenance": r.runtime_provenance,
                                  "energy_provenance": r.energy_provenance}
     inst = instance_from_graph(graph, profile, costs, granularity, optimizer_state_factor, model_id=mid)
-    return replace(inst, meta={**inst.meta, "measured_nodes": len(costs)})
+    return replace(inst, meta={**inst.meta, "measured_nodes": len(costs),
+                               "settings_id": settings_id if costs else None,
+                               "cost_kind": kind if costs else None})
 
 
 def mid_key(db: Any, mid: int) -> str:
-    return db.conn.execute("SELECT key FROM models WHERE id = ?", (mid,)).fetchone()[0]
+    """The key of stored model ``mid``."""
+    return db.model(mid).key
 
 
 def compat_instance(inst: Instance) -> Instance:

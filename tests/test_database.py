@@ -162,5 +162,5 @@ def test_stale_running_session_is_closed(db_path):
     db.conn.execute("UPDATE sessions SET pid = 2147483000 WHERE id = ?", (sid,))
     db.conn.commit()
     assert db.close_stale_sessions("local") == 1
-    assert db.db["sessions"].get(sid)["status"] == "interrupted"
+    assert db.session(sid).status == "interrupted"
     db.close()

@@ -92,6 +92,7 @@ def test_unstable_op_is_remeasured_and_flagged():
     r = measure_op(spec, {**FAST, "cv_threshold": 0.0})   # any jitter at all exceeds 0
     assert r["remeasured"] is True and r["unstable"] is True
     assert r["runtime"]["samples"] == 6                  # re-measured with twice the samples
+    assert len(r["raw"]["values"]) == 6 and len(r["raw"]["first_values"]) == 3
     r = measure_op(spec, {**FAST, "cv_threshold": 1e9})
     assert r["remeasured"] is False and r["unstable"] is False
 
@@ -108,6 +109,37 @@ def test_summary_statistics_match_numpy(samples):
         assert s["stdev"] == pytest.approx(np.std(a, ddof=1), rel=1e-6, abs=1e-15)
         assert s["cv"] == pytest.approx(np.std(a, ddof=1) / a.mean(), rel=1e-6, abs=1e-12)
     assert math.isfinite(s["cv"]) and s["cv"] >= 0
+
+
+@pytest.mark.parametrize("cache", ["warm", "cold"])
+def test_raw_samples_are_returned_and_give_the_statistics(cache):
+    spec = model_graph("mlp", batch=2).nodes[0].spec()
+    r = measure_op(spec, {**FAST, "cache": cache, "cv_threshold": 1e9, "evict_bytes": 1 << 20})
+    raw = r["raw"]
+    assert raw["inner_loops"] == r["inner_loops"] and "first_values" not in raw
+    assert len(raw["values"]) == r["runtime"]["samples"] == 3
+    assert summarize(raw["values"]) == r["runtime"]         # statistics can be recomputed
+
+
+def test_settings_facts_of_this_torch():
+    from devices.agent import sysinfo
+    f = sysinfo.torch_facts()
+    assert f["torch"] == torch.__version__ and f["threads"] == torch.get_num_threads()
+    cfg = torch.__config__.show()
+    if "MKL-DNN" in cfg or "oneDNN" in cfg:
+        assert f["onednn"] and f["onednn"] in cfg
+    if "Math Kernel Library" in cfg:
+        assert f["mkl"] and f["mkl"] in cfg
+    # the build strings of older torch releases (1.8 on a Jetson: oneDNN was still MKL-DNN)
+    old = ("PyTorch built with:\n  - GCC 7.5\n  - Intel(R) MKL-DNN v1.7.0 (Git Hash 7aed236906b1f7a05c0917e5257a1af05e9ff683)\n"
+           "  - OpenMP 201511 (a.k.a. OpenMP 4.5)\n  - NNPACK is enabled\n")
+    assert sysinfo.parse_torch_config(old) == {"onednn": "1.7.0", "mkl": None, "cpu_capability": None,
+                                               "blas": None}
+    new = ("  - Intel(R) oneAPI Math Kernel Library Version 2024.2-Product Build 20240605 for Intel(R) 64\n"
+           "  - Intel(R) oneDNN v3.5.3 (Git Hash 66f0cb9eb66affd2da3bf5f8d897376f04aae6af)\n"
+           "  - CPU capability usage: AVX512\n  - Build settings: BLAS_INFO=open, BUILD_TYPE=Release\n")
+    assert sysinfo.parse_torch_config(new) == {"onednn": "3.5.3", "mkl": "2024.2",
+                                               "cpu_capability": "AVX512", "blas": "open"}
 
 
 def test_cold_and_warm_cache_modes():

@@ -32,11 +32,10 @@ def test_fresh_database_gets_modeled_schedules_then_measured_costs_replace_them(
         sid = save_schedule(db, inst, r)
         sched, row = load_schedule(db, sid)
         assert sched.stages == r.schedule.stages
-        assert row["cost_provenance"] == "modeled" and row["status"] == "optimal"
-        assert row["energy_j"] == pytest.approx(r.energy_j) and row["n_nodes"] == inst.n
-        assert Schedule.from_bytes(row["schedule_blob"]).stages == sched.stages
-        rec = json.loads(row["record_json"])
-        assert rec["breakdown"]["energy_j"] == pytest.approx(r.energy_j)
+        assert row.cost_provenance == "modeled" and row.status == "optimal"
+        assert row.energy_j == pytest.approx(r.energy_j) and row.n_nodes == inst.n
+        assert Schedule.from_bytes(row.schedule_blob).stages == sched.stages
+        assert row.record["breakdown"]["energy_j"] == pytest.approx(r.energy_j)
         # measure one op on rpi4b: it replaces the model for every node with that signature
         g = db.graph("tinycnn")
         from devices.catalog import get_profile

@@ -246,16 +246,20 @@ def measure_op(spec, settings=None, device="cpu", meter=None):
         times, window, energy = take(samples)
         stats = summarize(times)
         remeasured = False
+        raw = {"inner_loops": n}
         if stats["cv"] > s["cv_threshold"]:
             remeasured = True
+            raw["first_values"] = times
             times, window, energy = take(2 * samples)
             stats = summarize(times)
+        raw["values"] = times
         calls = n * len(times)
         if meter is not None and energy is None:  # cold timing: energy over a warm loop
             n_warm = calibrate(call, device, float(s["min_sample_time"]), int(s["max_inner_loops"]))
             _, window, energy = _sample(call, n_warm, samples, device, meter)
             calls = n_warm * samples
         result["runtime"] = stats
+        result["raw"] = raw
         result["inner_loops"] = n
         result["cache"] = s["cache"]
         result["remeasured"] = remeasured

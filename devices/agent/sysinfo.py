@@ -6,6 +6,7 @@ All paths are read relative to ``root`` so tests can use a fake tree. Unreadable
 import glob
 import os
 import platform
+import re
 import subprocess
 import sys
 
@@ -117,16 +118,49 @@ def run_tool(argv, timeout=5):
     return out.strip() if p.returncode == 0 else None
 
 
+_CONFIG_PATTERNS = (
+    ("onednn", r"(?:MKL-DNN|oneDNN)[^\n]*?v(\d+(?:\.\d+)+)"),
+    ("mkl", r"Math Kernel Library Version ([0-9][^\s-]*)"),
+    ("cpu_capability", r"CPU capability usage: (\S+)"),
+    ("blas", r"BLAS_INFO=([^,\s]+)"),
+)
+
+
+def parse_torch_config(text):
+    """Kernel-relevant library versions from ``torch.__config__.show()`` (None if absent)."""
+    out = {}
+    for key, pattern in _CONFIG_PATTERNS:
+        m = re.search(pattern, text or "")
+        out[key] = m.group(1) if m else None
+    return out
+
+
 def torch_facts():
     try:
         import torch
     except ImportError:
         return {"torch": None}
     facts = {"torch": torch.__version__, "threads": torch.get_num_threads(),
+             "interop_threads": torch.get_num_interop_threads(),
              "cuda": bool(torch.cuda.is_available())}
+    try:
+        facts.update(parse_torch_config(torch.__config__.show()))
+    except Exception:  # a build without __config__: the versions stay unknown
+        facts.update(parse_torch_config(""))
+    try:  # what ATen dispatches to at run time (torch >= 2.0); the build string otherwise
+        facts["cpu_capability"] = torch.backends.cpu.get_cpu_capability()
+    except AttributeError:
+        pass
+    if not (getattr(torch.backends, "mkldnn", None) and torch.backends.mkldnn.is_available()):
+        facts["onednn"] = None
     if facts["cuda"]:
         facts["cuda_devices"] = [torch.cuda.get_device_name(i)
                                  for i in range(torch.cuda.device_count())]
+        facts["cuda_version"] = torch.version.cuda
+        try:
+            facts["cudnn_version"] = torch.backends.cudnn.version()
+        except Exception:
+            facts["cudnn_version"] = None
     return facts
 
 

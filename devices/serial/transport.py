@@ -446,8 +446,10 @@ class SerialAgent:
             return result
         cycles = [self.ticks_to_cycles(t) for t in res["ticks"]]
         clock = float((self.facts or {}).get("clock_hz") or 1)
-        runtime = summarize([c / clock for c in cycles])
+        values = [c / clock for c in cycles]
+        runtime = summarize(values)
         result.update(runtime=runtime, cycles=summarize(cycles), inner_loops=1, remeasured=False,
+                      raw={"values": values, "inner_loops": 1},
                       unstable=runtime["cv"] > float(settings.get("cv_threshold", 0.10)),
                       peak_memory_bytes=res["peak_bytes"], output_bytes=res["output_bytes"],
                       stack_bytes=res["stack_bytes"], output_crc=res["output_crc"],

@@ -1,0 +1,72 @@
+"""The ``costdb`` command line: a thin click layer over the library, one module per command group.
+
+Every command's work is a function in ``costdb``, ``devices``, ``profiler``, ``solver`` or
+``reports``; the modules here parse options, draw progress and tables, and turn ``CostdbError``
+into one line on stderr and exit status 2 (handled once, in ``CostdbGroup``). This package is the
+only place that imports every other package, and it does so inside the commands: ``costdb --help``
+loads click and nothing heavy (no pandas, torch, solver or rich).
+
+    profile.py   costdb profile
+    read.py      costdb costs | export | query
+    catalog.py   costdb models | devices
+    history.py   costdb sessions | settings
+    fleet.py     costdb compare | merge
+    report.py    costdb report
+    (solver/cli_commands.py: costdb solve | pareto)
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import click
+
+from costdb import __version__
+from costdb.errors import CostdbError
+
+__all__ = ["cli", "main", "CostdbGroup"]
+
+
+class CostdbGroup(click.Group):
+    """Turns user errors into one line and exit 2; Ctrl-C into a resumable message and 130."""
+
+    def invoke(self, ctx: click.Context) -> Any:
+        try:
+            return super().invoke(ctx)
+        except CostdbError as e:
+            click.echo(f"Error: {e}", err=True)
+            ctx.exit(e.exit_code)
+        except KeyboardInterrupt:
+            click.echo("Interrupted: measurements taken so far are saved; run the same command "
+                       "again to resume.", err=True)
+            ctx.exit(130)
+
+
+@click.group(cls=CostdbGroup, context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="costdb")
+def cli() -> None:
+    """Profile the training ops of neural networks on edge devices into a SQLite cost database,
+    and query, solve and report on it.
+
+    \b
+    Typical use:
+      costdb profile --device local --model resnet18
+      costdb costs --device local --model resnet18
+      costdb query "SELECT op, phase, runtime_s FROM current_measurements LIMIT 5"
+    """
+
+
+def _register() -> None:
+    from costdb.cli import catalog, fleet, history, profile, read, report
+    from solver.cli_commands import pareto, solve
+    for mod in (profile, read, catalog, history, report, fleet):
+        for cmd in mod.COMMANDS:
+            cli.add_command(cmd)
+    cli.add_command(solve, "solve")
+    cli.add_command(pareto, "pareto")
+
+
+_register()
+
+
+def main() -> None:
+    cli(prog_name="costdb")

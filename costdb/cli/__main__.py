@@ -1,0 +1,4 @@
+"""``python -m costdb.cli``: the same as the ``costdb`` console script."""
+from costdb.cli import main
+
+main()

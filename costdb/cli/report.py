@@ -1,0 +1,28 @@
+"""``costdb report``: one self-contained HTML file (reports/)."""
+from __future__ import annotations
+
+import click
+
+from costdb.cli.common import db_option, settings_option
+
+
+@click.command()
+@click.option("--device", "devices", multiple=True, help="Device to report on (repeatable).")
+@click.option("--model", default=None, help="Model name or key as stored (default: every model "
+                                            "measured on the device).")
+@click.option("--all", "all_devices", is_flag=True, help="Every device in the database, with a "
+                                                         "fleet comparison.")
+@db_option
+@click.option("-o", "--output", default="report.html", show_default=True,
+              type=click.Path(dir_okay=False), help="HTML file to write.")
+@settings_option
+def report(devices: tuple[str, ...], model: str | None, all_devices: bool, db_path: str,
+           output: str, settings: str | None) -> None:
+    """Write a self-contained HTML report: costs, charts, solver results, device comparison."""
+    from reports.build import write_report
+    path = write_report(db_path, output, devices=list(devices), model=model, all_devices=all_devices,
+                        settings=settings)
+    click.echo(f"wrote {path} ({path.stat().st_size / 1024:.0f} KiB)", err=True)
+
+
+COMMANDS = [report]
