@@ -64,18 +64,28 @@ def connect(entry: InventoryEntry, cpus: list[int] | None = None, threads: int |
             from devices.serial.transport import open_serial_agent
         except ImportError:
             raise CostdbError("the serial transport is not available in this build") from None
-        if entry.connection.get("qemu"):
+        from devices.serial.boards import BOARDS
+        conn = entry.connection
+        timeout = conn.get("timeout", 120.0)
+        if isinstance(timeout, bool) or not isinstance(timeout, (int, float)) \
+                or not 0 < timeout < 1e6:
+            raise CostdbError(f"device {entry.name!r} ({entry.source}): timeout must be a number "
+                              f"of seconds (0 < timeout < 1e6), got {timeout!r}")
+        if conn.get("qemu"):
             from devices.serial.qemu import start_qemu_board
             with start_qemu_board(entry.name) as url:
-                agent = open_serial_agent(url, baud=115200, board=entry.name, emulated=True)
+                agent = open_serial_agent(url, baud=115200, board=entry.name, emulated=True,
+                                          timeout=timeout)
                 try:
                     yield agent
                 finally:
                     agent.close()
             return
-        agent = open_serial_agent(entry.connection["serial"], baud=entry.connection.get("baud", 115200),
-                                  board=entry.connection.get("board") or entry.profile.based_on or entry.name,
-                                  emulated=False)
+        board = conn.get("board") or entry.profile.based_on or entry.name
+        # a QEMU board reached through a URL (a proxy, another host) is still emulated
+        emulated = bool(board in BOARDS and BOARDS[board].qemu_machine)
+        agent = open_serial_agent(conn["serial"], baud=conn.get("baud", 115200), board=board,
+                                  emulated=emulated, timeout=timeout)
         try:
             yield agent
         finally:

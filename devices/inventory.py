@@ -16,7 +16,8 @@ ram_bytes = 8589934592
 [devices.nrf]
 based_on = "nrf52840"
 serial = "/dev/ttyACM0"       # any pyserial URL: socket://host:port, rfc2217://...
-baud = 115200
+baud = 115200                 # the board's UART rate (firmware: make BAUD=)
+timeout = 120                 # seconds one op may compute on the board (wire time is added)
 ```
 Default location: ``$COSTDB_INVENTORY`` or ``$XDG_CONFIG_HOME/costdb/inventory.toml``.
 """
@@ -34,7 +35,7 @@ from devices.catalog import DeviceProfile, catalog
 
 SSH_KEYS = {"host", "hostname", "user", "port", "key", "proxy_jump", "python", "remote_dir",
             "known_hosts", "timeout"}
-SERIAL_KEYS = {"serial", "baud", "board"}
+SERIAL_KEYS = {"serial", "baud", "board", "timeout"}
 COMMON_KEYS = {"based_on", "profile", "description", "sensor", "sensor_options", "sysfs_root",
                "threads"}
 

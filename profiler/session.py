@@ -295,8 +295,13 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
                 for w in throttle_warnings(facts, final.get("end")):
                     result.warnings.append(w)
                     warn(w)
-                extra = {"in_context": result.in_context} if result.in_context else {}
-                db.update_session(sid, environment={**env, "facts": final, **extra})
+                environment = {**env, "facts": final}
+                link_stats = getattr(agent, "link_stats", None)   # serial: frames, retries...
+                if callable(link_stats):
+                    environment["link"] = link_stats()
+                if result.in_context:
+                    environment["in_context"] = result.in_context
+                db.update_session(sid, environment=environment)
                 db.finish_session(sid, status, result.warnings)
                 result.status = status
                 emit("done", device=device)

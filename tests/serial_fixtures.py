@@ -1,9 +1,18 @@
 """Shared fixtures for the serial/firmware tests: one QEMU per emulated board per session (real
-QEMU, real firmware), and a TCP proxy that corrupts board -> host bytes on demand."""
+QEMU, real firmware), a TCP proxy that corrupts board -> host bytes on demand, reference
+profiles to check rows against, inventories for boards behind a proxy, and CPU hogs."""
 from __future__ import annotations
 
+import contextlib
+import json
+import os
 import socket
+import sqlite3
+import subprocess
+import sys
 import threading
+from pathlib import Path
+from typing import Iterator
 
 import pytest
 
@@ -119,3 +128,91 @@ class CorruptingProxy:
     def close(self) -> None:
         self._stop = True
         self.listener.close()
+
+
+# --- rows and references -------------------------------------------------------------------
+FAST = {"samples": 3, "warmups": 1}
+
+
+def profile_rows(db_path: str, device: str) -> list[tuple]:
+    """(signature, status, peak bytes, output bytes, output crc, needed bytes, median cycles)
+    of every stored measurement of ``device``, read straight from the SQLite file."""
+    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as c:
+        rows = c.execute("SELECT signature, status, peak_memory_bytes, output_bytes, extra_json "
+                         "FROM measurements WHERE device = ? ORDER BY id", (device,)).fetchall()
+    out = []
+    for sig, status, peak, out_bytes, extra in rows:
+        x = json.loads(extra or "{}")
+        out.append((sig, status, peak, out_bytes, x.get("output_crc"), x.get("needed_bytes"),
+                    (x.get("cycles") or {}).get("median")))
+    return out
+
+
+def assert_rows_right(rows: list[tuple], reference: dict[str, tuple]) -> None:
+    """Every op exactly once, and each row equal to the quiet direct-link reference: same
+    status, sizes and output CRC (the kernel ran on the request that was sent), and the same
+    emulated cycle count up to a SysTick interrupt landing inside a sample."""
+    sigs = [r[0] for r in rows]
+    assert sorted(sigs) == sorted(reference), "rows lost or duplicated"
+    for sig, *vals in rows:
+        ref = reference[sig]
+        assert tuple(vals[:-1]) == tuple(ref[:-1]), (sig, vals, ref)
+        if ref[-1] is not None:
+            assert abs(vals[-1] - ref[-1]) <= 24, (sig, vals[-1], ref[-1])
+
+
+class _References:
+    def __init__(self, root: Path) -> None:
+        self.root, self.rows = root, {}
+
+    def __call__(self, board: str) -> dict[str, tuple]:
+        if board not in self.rows:
+            import costdb
+            db = str(self.root / f"{board}.db")
+            costdb.profile(db, device=board, model="tinycnn", settings=FAST)
+            self.rows[board] = {r[0]: tuple(r[1:]) for r in profile_rows(db, board)}
+        return self.rows[board]
+
+
+@pytest.fixture(scope="session")
+def reference_rows(tmp_path_factory) -> _References:
+    """``reference_rows(board)``: tinycnn profiled on a direct link, signature -> row."""
+    return _References(tmp_path_factory.mktemp("reference"))
+
+
+def link_inventory(path: Path, name: str, url: str, board: str, baud: int,
+                   timeout: float | None = None) -> str:
+    """An inventory with one serial device ``name``: ``board`` reached at ``url``."""
+    extra = f"timeout = {timeout}\n" if timeout is not None else ""
+    path.write_text(f'[devices.{name}]\nbased_on = "{board}"\nserial = "{url}"\n'
+                    f'baud = {baud}\nboard = "{board}"\n{extra}')
+    return str(path)
+
+
+def session_link(db_path: str, device: str) -> dict:
+    """The link statistics the profiler stored with the device's last session."""
+    with contextlib.closing(sqlite3.connect(f"file:{db_path}?mode=ro", uri=True)) as c:
+        env = c.execute("SELECT environment_json FROM sessions WHERE device = ? ORDER BY id DESC",
+                        (device,)).fetchone()[0]
+    return json.loads(env)["link"]
+
+
+# --- load ----------------------------------------------------------------------------------
+HOG = "import time\nend = time.monotonic() + {bound}\nwhile time.monotonic() < end:\n    pass\n"
+
+
+@contextlib.contextmanager
+def cpu_hogs(n: int | None = None, bound_s: float = 240.0) -> Iterator[list[int]]:
+    """``n`` busy-looping processes (default: 3 per core) oversubscribing the cores. Each one
+    also stops by itself after ``bound_s`` seconds, so none outlives a crashed test; they are
+    stopped by pid on exit."""
+    n = n or 3 * (os.cpu_count() or 2)
+    procs = [subprocess.Popen([sys.executable, "-c", HOG.format(bound=bound_s)])
+             for _ in range(n)]
+    try:
+        yield [p.pid for p in procs]
+    finally:
+        for p in procs:
+            p.kill()
+        for p in procs:
+            p.wait()

@@ -42,7 +42,7 @@ BOARDS: dict[str, Board] = {
                       supply_v=3.3, active_a=0.003328,
                       source="nRF52840 PS v1.7 sec. 5.2: 3.3 mA CPU from flash at 64 MHz "
                              "(DC/DC); POET chipsets.py 3.328 mA x 3.3 V"),
-    "qemu-m0": Board("qemu-m0", "cortex-m0", 16_000_000, 16384, 262144, 13824,
+    "qemu-m0": Board("qemu-m0", "cortex-m0", 16_000_000, 16384, 262144, 13568,
                      qemu_machine="microbit", icount_shift=6, stands_in_for="mkr1000",
                      supply_v=3.3, active_a=0.020,
                      source="emulated (QEMU microbit); energy modelled with mkr1000 figures"),

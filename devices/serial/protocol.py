@@ -8,7 +8,10 @@ interleaved with binary frames. A frame is::
 
 with zlib's CRC-32 over ver..payload. ``StreamParser`` turns any byte stream into frames and
 lines; it never raises on garbage and counts what it had to throw away, so the transport can
-resync and retry instead of recording a wrong row.
+resync and retry instead of recording a wrong row. It has no notion of time: a frame whose
+bytes are slow to arrive stays pending, however long the gap, until its last byte (then its
+CRC decides) or until the caller gives up on it with ``resync()``/``flush()``, which report it
+as ``Incomplete`` rather than dropping it silently.
 """
 from __future__ import annotations
 
@@ -20,8 +23,10 @@ from typing import Union
 PROTOCOL_VERSION = 1
 MAGIC = b"\xa5\x5a"
 HEADER = 7
-MAX_PAYLOAD = 1024          # largest board -> host payload the parser accepts
+MAX_REPLY = 320             # largest board -> host payload (firmware MAX_REPLY; RESULT <= 280)
+MAX_PAYLOAD = MAX_REPLY     # what the parser accepts; a longer length field is corrupt
 MAX_REQUEST = 256           # largest host -> board payload the firmware accepts (MAX_RX)
+FRAME_OVERHEAD = HEADER + 4 # magic, header and CRC around a payload
 MAX_LINE = 160
 
 # frame types
@@ -57,7 +62,22 @@ class Line:
     text: str
 
 
-Event = Union[Frame, Line]
+@dataclass(frozen=True)
+class Incomplete:
+    """A frame or line cut short: ``have`` bytes of it arrived, ``need`` were announced
+    (frames whose length field arrived), then the caller gave up waiting for the rest."""
+
+    kind: str                 # "frame" | "line" | "bytes"
+    have: int
+    need: int | None = None
+
+
+Event = Union[Frame, Line, Incomplete]
+
+
+class PayloadError(ValueError):
+    """A frame passed its CRC but its payload does not follow the protocol (a firmware bug or
+    another program on the port): the transport counts it and asks again."""
 
 
 @dataclass
@@ -66,12 +86,13 @@ class ParserStats:
     length_errors: int = 0
     garbage_bytes: int = 0
     bad_lines: int = 0
+    incomplete: int = 0       # frames/lines given up on by resync() or flush()
     frames: int = 0
     lines: int = 0
 
     @property
     def errors(self) -> int:
-        return self.crc_errors + self.length_errors + self.bad_lines
+        return self.crc_errors + self.length_errors + self.bad_lines + self.incomplete
 
 
 @dataclass
@@ -89,13 +110,36 @@ class StreamParser:
     def pending(self) -> int:
         return len(self._buf)
 
+    def head(self) -> Incomplete | None:
+        """What the pending bytes at the head of the buffer are (None if there are none)."""
+        buf = self._buf
+        if not buf:
+            return None
+        if buf[0] == 0xA5:
+            need = HEADER + (buf[5] | (buf[6] << 8)) + 4 if len(buf) >= HEADER else None
+            return Incomplete("frame", len(buf) if need is None else min(len(buf), need), need)
+        if buf[0] == 0x6D:
+            nl = buf.find(b"\n")
+            return Incomplete("line", len(buf) if nl < 0 else nl + 1)
+        return Incomplete("bytes", len(buf))
+
     def resync(self) -> list[Event]:
-        """Give up on an incomplete frame or line at the head of the buffer (the bytes that
-        would complete it are not coming), and parse what follows it."""
-        if self._buf:
-            self.stats.bad_lines += 1
-            self._drop(1)
-        return self._parse()
+        """Give up on the incomplete frame or line at the head of the buffer (the bytes that
+        would complete it are not coming): report it as ``Incomplete``, skip its first byte and
+        parse what follows (a frame or line inside it is still found)."""
+        inc = self.head()
+        if inc is None:
+            return []
+        self.stats.incomplete += 1
+        self._drop(1)
+        return [inc] + self._parse()
+
+    def flush(self) -> list[Event]:
+        """End of input: every remaining event, with each cut-short item as ``Incomplete``."""
+        out: list[Event] = []
+        while self._buf:
+            out += self.resync()
+        return out
 
     def _drop(self, n: int, garbage: bool = True) -> None:
         if garbage:
@@ -205,24 +249,32 @@ class RunRequest:
                            self.qshift)
 
 
-def decode_result(payload: bytes) -> dict:
-    """RESULT frame -> dict (status, needed/peak/stack/output bytes, crc, tick samples, msg)."""
+def decode_result(payload: bytes, samples: int | None = None) -> dict:
+    """RESULT frame -> dict (status, needed/peak/stack/output bytes, crc, tick samples, msg).
+    ``samples``: the count requested (the firmware clamps it to 1..64); a RESULT that does not
+    hold exactly that many raises ``PayloadError``, as does any other malformed payload."""
     if len(payload) < RESULT_SIZE:
-        raise ValueError("short RESULT payload")
+        raise PayloadError(f"short RESULT payload ({len(payload)} bytes, at least "
+                           f"{RESULT_SIZE} expected)")
     st, ns, n_in, n_out, needed, peak, stack, out_bytes, out_crc = struct.unpack_from(
         RESULT_FMT, payload)
     tail = payload[RESULT_SIZE:]
+    if st not in STATUS:
+        raise PayloadError(f"RESULT with unknown status {st}")
     if st == 0:
         if len(tail) != 4 * ns:
-            raise ValueError("RESULT sample count does not match its length")
-        samples = list(struct.unpack(f"<{ns}I", tail))
+            raise PayloadError(f"RESULT says {ns} samples but carries {len(tail)} bytes of them")
+        want = None if samples is None else min(max(samples, 1), 64)
+        if ns == 0 or (want is not None and ns != want):
+            raise PayloadError(f"RESULT has {ns} samples, {want or 'at least 1'} requested")
+        samples_ = list(struct.unpack(f"<{ns}I", tail))
         msg = ""
     else:
-        samples = []
+        samples_ = []
         msg = tail.decode("ascii", "replace")
-    return {"status": STATUS.get(st, "error"), "needed_bytes": needed, "peak_bytes": peak,
+    return {"status": STATUS[st], "needed_bytes": needed, "peak_bytes": peak,
             "stack_bytes": stack, "output_bytes": out_bytes, "output_crc": out_crc,
-            "n_in": n_in, "n_out": n_out, "ticks": samples, "message": msg}
+            "n_in": n_in, "n_out": n_out, "ticks": samples_, "message": msg}
 
 
 def decode_hello(payload: bytes) -> dict:
@@ -232,4 +284,14 @@ def decode_hello(payload: bytes) -> dict:
         if "=" in item:
             k, v = item.split("=", 1)
             facts[k] = int(v) if v.isdigit() else v
+    if not isinstance(facts.get("proto"), int) or not facts.get("board"):
+        raise PayloadError("HELLO without a protocol version or board name")
     return facts
+
+
+def decode_calib(payload: bytes) -> tuple[int, int]:
+    """CALIB payload -> (iterations, ticks)."""
+    if len(payload) != 8:
+        raise PayloadError(f"CALIB payload of {len(payload)} bytes, 8 expected")
+    it, ticks = struct.unpack("<II", payload)
+    return it, ticks

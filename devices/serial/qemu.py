@@ -65,7 +65,9 @@ class QemuBoard:
     def url(self) -> str:
         return f"socket://127.0.0.1:{self.port}"
 
-    def start(self, timeout: float = 10.0) -> str:
+    def start(self, timeout: float = 60.0) -> str:
+        """Start QEMU; ``timeout`` only bounds a QEMU that never opens its port (a loaded host
+        can take seconds to start one that boots in 0.1 s on a quiet one)."""
         exe = shutil.which("qemu-system-arm")
         if exe is None:
             raise QemuError("qemu-system-arm not found: apt-get install qemu-system-arm")

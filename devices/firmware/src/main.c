@@ -13,9 +13,10 @@
 #ifndef PROTOCOL_VERSION
 #define PROTOCOL_VERSION 1
 #endif
-#define FW_VERSION "0.1.0"
+#define FW_VERSION "0.2.0"   /* 0.2: interrupt-driven receive ring */
 #define MAX_RX 256
 #define OUT_CHUNK 192
+#define MAX_REPLY 320       /* largest reply payload the host accepts (protocol.py MAX_REPLY) */
 
 enum { T_HELLO = 1, T_RUN = 2, T_CALIB = 3, T_PING = 4,
        R_HELLO = 0x81, R_RESULT = 0x82, R_CALIB = 0x83, R_PONG = 0x84, R_OUTPUT = 0x90,
@@ -93,7 +94,7 @@ static char *kv(char *p, const char *key, const char *s, uint32_t v, int numeric
 /* ------------------------------------------------------------------ hello */
 static void do_hello(uint8_t seq)
 {
-    char buf[256], *p = buf;
+    char buf[MAX_REPLY], *p = buf;   /* worst case (every number 10 digits): 289 */
     p = kv(p, "proto", 0, PROTOCOL_VERSION, 1);
     p = kv(p, "fw", FW_VERSION, 0, 0);
     p = kv(p, "board", BOARD_NAME, 0, 0);
@@ -111,6 +112,8 @@ static void do_hello(uint8_t seq)
     p = kv(p, "timer_hz", 0, TIMER_HZ, 1);
     p = kv(p, "timer_overhead", 0, timer_overhead, 1);
     p = kv(p, "max_payload", 0, MAX_RX, 1);
+    p = kv(p, "rx_buffer", 0, rx_ring_size(), 1);
+    p = kv(p, "rx_overruns", 0, rx_ring_overruns(), 1);
     send_frame(R_HELLO, seq, buf, (uint32_t)(p - buf));
 }
 
@@ -138,6 +141,8 @@ struct run_req {            /* wire layout, little-endian, 80 bytes */
 #define FLAG_OUTPUT 1u
 #define FLAG_BIAS 2u
 #define MAX_SAMPLES 64
+_Static_assert(sizeof(uint32_t) * 9 + 4 * MAX_SAMPLES <= MAX_REPLY, "RESULT exceeds MAX_REPLY");
+_Static_assert(5 + OUT_CHUNK <= MAX_REPLY && MAX_RX <= MAX_REPLY, "frame exceeds MAX_REPLY");
 
 enum { FILL_T, FILL_BIAS, FILL_LABEL, FILL_NONE };
 struct buf { uint64_t count; uint32_t esize; uint8_t fill; uint8_t *ptr; };

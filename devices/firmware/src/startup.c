@@ -7,6 +7,7 @@
 extern uint32_t _sidata, _sdata, _edata, _sbss, _ebss, _estack, _sstack;
 extern int main(void);
 void SysTick_Handler(void);
+void board_uart_isr(void);
 
 #define STACK_PAINT 0xC5C5C5C5u
 
@@ -28,8 +29,17 @@ void NMI_Handler(void) __attribute__((weak, alias("Default_Handler")));
 void HardFault_Handler(void) __attribute__((weak, alias("Default_Handler")));
 void SysTick_Handler(void) __attribute__((weak, alias("Default_Handler")));
 
+/* 16 core exceptions + 32 external interrupts; only the board's UART (UART_IRQN, board.mk)
+ * is used, the others fall into Default_Handler. */
+#define N_IRQ 32
+_Static_assert(UART_IRQN >= 0 && UART_IRQN < N_IRQ, "UART_IRQN out of the vector table");
+#pragma GCC diagnostic push
+#pragma GCC diagnostic ignored "-Woverride-init"
 __attribute__((section(".isr_vector"), used))
-const void *const vector_table[16] = {
-    &_estack, (void *)Reset_Handler, (void *)NMI_Handler, (void *)HardFault_Handler,
-    0, 0, 0, 0, 0, 0, 0, 0, 0, 0, 0, (void *)SysTick_Handler,
+const void *const vector_table[16 + N_IRQ] = {
+    [0] = &_estack, [1] = (void *)Reset_Handler, [2] = (void *)NMI_Handler,
+    [3] = (void *)HardFault_Handler, [15] = (void *)SysTick_Handler,
+    [16 ... 16 + N_IRQ - 1] = (void *)Default_Handler,
+    [16 + UART_IRQN] = (void *)board_uart_isr,
 };
+#pragma GCC diagnostic pop
