@@ -95,7 +95,9 @@ def test_in_context_and_isolated_measurements_live_side_by_side(db_path):
                           samples=5, settings_id=st, kind="in_context",
                           extra={"nodes": {"0": 1.4e-3}})
         assert db.add_measurement(iso) and db.add_measurement(ctx) and not db.add_measurement(ctx)
-        assert db.costs("local", "mlp").loc[0, "runtime_s"] == 1e-3
+        assert db.costs("local", "mlp", kind="isolated").loc[0, "runtime_s"] == 1e-3
+        # the default estimate (auto) is the in-context one once the model has such rows
+        assert db.costs("local", "mlp").attrs["kind"] == "in_context"
         c = db.costs("local", "mlp", kind="in_context")
         assert c.loc[0, "runtime_s"] == 1.4e-3 and c.loc[0, "kind"] == "in_context"
         assert c["status"].isna().sum() == len(g.nodes) - 1
