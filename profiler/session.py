@@ -186,7 +186,7 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
             dtype: str = "float32", force: bool = False, cpus: list[int] | None = None,
             threads: int | None = None, settings: dict[str, Any] | None = None,
             inventory: Inventory | str | None = None, iteration: bool = False,
-            in_context: bool = False, progress: Callable[..., Any] | None = None,
+            in_context: bool | None = False, progress: Callable[..., Any] | None = None,
             on_warning: Callable[[str], None] | None = None,
             connect_options: dict[str, Any] | None = None,
             db: Database | None = None) -> ProfileResult:
@@ -194,9 +194,10 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
 
     ``in_context``: after the isolated ops, run real training iterations of the model under
     torch.profiler and store per-op ``in_context`` measurements (``profiler.incontext``; local
-    device and a model given by name or file only: the module must be trained here). Resumable
-    like the rest: skipped when the model's ops all have in-context figures traced in this
-    model under this fingerprint, unless ``force``.
+    device and a model given by name or file only: the module must be trained here). ``True``
+    warns where that is impossible, ``None`` (the CLI's default) runs it where possible and says
+    nothing elsewhere. Resumable like the rest: skipped when the model's ops all have in-context
+    figures traced in this model under this fingerprint, unless ``force``.
 
     ``progress(event, **info)`` is called with ``start`` (total), ``op`` (spec, done),
     ``in_context`` (total iterations), ``in_context_iteration`` (done, total), ``iteration`` and
@@ -234,11 +235,11 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
                                    len(graph.signatures()) - len(plan), "complete",
                                    settings_id=settings_id)
             ic_todo = False
-            if in_context:
+            if in_context is not False:
                 if in_context_supported(entry.transport, model):
                     ic_done = db.done_signatures(device, settings_id, "in_context", model=model_id)
                     ic_todo = force or not set(graph.signatures()) <= ic_done
-                else:
+                elif in_context:
                     warn(in_context_unsupported(entry.transport))
             if not plan and not iteration and not ic_todo:
                 return result

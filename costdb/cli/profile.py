@@ -126,9 +126,10 @@ def print_iteration_check(db_path: str, device: str, model_key: str, con: Any) -
               help="warm: classic hot inner loop; cold: evict the CPU caches before every timed "
                    "call, as the other ops of a training iteration do (closer to a real iteration "
                    "single-threaded, see docs/usage.md).")
-@click.option("--in-context/--no-in-context", "in_context", default=True, show_default=True,
+@click.option("--in-context/--no-in-context", "in_context", default=None,
               help="Also run real training iterations under torch.profiler and store each op's "
-                   "in-context cost (local device; the default estimate, see docs/usage.md).")
+                   "in-context cost, the default estimate (docs/usage.md). Default: where "
+                   "possible (the local device); --in-context warns where it is not.")
 @click.option("--iterations", "in_context_iterations", type=click.IntRange(min=3), default=15,
               show_default=True, help="Profiled training iterations of the in-context step.")
 @click.option("--iteration/--no-iteration", default=True, show_default=True,
@@ -145,7 +146,7 @@ def print_iteration_check(db_path: str, device: str, model_key: str, con: Any) -
 def profile(devices: tuple[str, ...], model: str, batch: int | None, input_shape: str | None,
             dtype: str, db_path: str, inventory: str | None, force: bool, cpus: str | None,
             threads: int | None, samples: int, min_sample_time: float, cache: str,
-            in_context: bool, in_context_iterations: int, iteration: bool, top: int,
+            in_context: bool | None, in_context_iterations: int, iteration: bool, top: int,
             quiet: bool, all_devices: bool, accept_new_host_key: bool) -> None:
     """Measure every distinct training op of MODEL on DEVICE and store the costs.
 
