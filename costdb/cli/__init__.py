@@ -16,6 +16,7 @@ loads click and nothing heavy (no pandas, torch, solver or rich).
 """
 from __future__ import annotations
 
+import sqlite3
 from typing import Any
 
 import click
@@ -35,6 +36,15 @@ class CostdbGroup(click.Group):
         except CostdbError as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except sqlite3.Error as e:   # full disk, damaged file, lock held too long: one line
+            from costdb.database import explain_sqlite_error
+            err = explain_sqlite_error(e)
+            click.echo(f"Error: {err}", err=True)
+            ctx.exit(err.exit_code)
+        except MemoryError:
+            click.echo("Error: out of memory; give smaller inputs (--batch, --input) or free "
+                       "memory", err=True)
+            ctx.exit(2)
         except KeyboardInterrupt:
             click.echo("Interrupted: measurements taken so far are saved; run the same command "
                        "again to resume.", err=True)

@@ -9,7 +9,8 @@ import click
 from costdb.cli.common import console, db_option, escape, inventory_option
 from costdb.cli.read import print_costs
 from costdb.errors import CostdbError
-from costdb.units import fmt_seconds, parse_shape
+from costdb.clitypes import BoundedInt, FiniteFloat
+from costdb.units import MAX_ELEMENTS, fmt_seconds, parse_shape
 
 
 def _parse_cpus(text: str | None) -> list[int] | None:
@@ -109,7 +110,7 @@ def print_iteration_check(db_path: str, device: str, model_key: str, con: Any) -
               help="Device to profile (repeatable).")
 @click.option("--model", default="resnet18", show_default=True,
               help="Zoo model name (see 'costdb models') or path/to/file.py:factory.")
-@click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size (default: the model's).")
+@click.option("--batch", type=BoundedInt(min=1, max=MAX_ELEMENTS), default=None, help="Batch size (default: the model's).")
 @click.option("--input", "input_shape", default=None, metavar="CxHxW",
               help="Input shape without batch, e.g. 3x32x32 (default: the model's).")
 @click.option("--dtype", default="float32", show_default=True, help="Tensor dtype of the graph.")
@@ -117,10 +118,10 @@ def print_iteration_check(db_path: str, device: str, model_key: str, con: Any) -
 @inventory_option
 @click.option("--force", is_flag=True, help="Measure again even ops already measured on the device.")
 @click.option("--cpus", default=None, help="Pin the local agent to these CPUs, e.g. 0 or 0-1.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch intra-op threads.")
-@click.option("--samples", type=click.IntRange(min=3), default=15, show_default=True,
+@click.option("--threads", type=BoundedInt(min=1, max=4096), default=None, help="Torch intra-op threads.")
+@click.option("--samples", type=BoundedInt(min=3, max=100_000), default=15, show_default=True,
               help="Timing samples per op.")
-@click.option("--min-sample-time", type=click.FloatRange(min=1e-4), default=0.01, show_default=True,
+@click.option("--min-sample-time", type=FiniteFloat(min=1e-4, max=60.0), default=0.01, show_default=True,
               help="Seconds one sample lasts at least (inner loop is calibrated to it).")
 @click.option("--cache", type=click.Choice(["warm", "cold"]), default="warm", show_default=True,
               help="warm: classic hot inner loop; cold: evict the CPU caches before every timed "
@@ -130,12 +131,12 @@ def print_iteration_check(db_path: str, device: str, model_key: str, con: Any) -
               help="Also run real training iterations under torch.profiler and store each op's "
                    "in-context cost, the default estimate (docs/usage.md). Default: where "
                    "possible (the local device); --in-context warns where it is not.")
-@click.option("--iterations", "in_context_iterations", type=click.IntRange(min=3), default=15,
+@click.option("--iterations", "in_context_iterations", type=BoundedInt(min=3, max=100_000), default=15,
               show_default=True, help="Profiled training iterations of the in-context step.")
 @click.option("--iteration/--no-iteration", default=True, show_default=True,
               help="Also time whole training iterations, independently, to check the cost model "
                    "(local device).")
-@click.option("--top", type=click.IntRange(min=0), default=30, show_default=True,
+@click.option("--top", type=BoundedInt(min=0), default=30, show_default=True,
               help="Rows of the cost table to print (0 = all).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--all", "all_devices", is_flag=True,
