@@ -16,6 +16,7 @@ loads click and nothing heavy (no pandas, torch, solver or rich).
 """
 from __future__ import annotations
 
+import os
 import sqlite3
 from typing import Any
 
@@ -45,6 +46,15 @@ class CostdbGroup(click.Group):
             click.echo("Error: out of memory; give smaller inputs (--batch, --input) or free "
                        "memory", err=True)
             ctx.exit(2)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as e:  # a bug: one line (exit 1); COSTDB_DEBUG=1 shows the traceback
+            if os.environ.get("COSTDB_DEBUG"):
+                raise
+            msg = " ".join(str(e).split())[:300]
+            click.echo(f"Error: internal error (a bug in costdb): {type(e).__name__}: {msg}; "
+                       "rerun with COSTDB_DEBUG=1 for the traceback and report it", err=True)
+            ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("Interrupted: measurements taken so far are saved; run the same command "
                        "again to resume.", err=True)

@@ -156,6 +156,14 @@ def profile(devices: tuple[str, ...], model: str, batch: int | None, input_shape
     """
     from profiler.session import profile as run_profile
     shape = parse_shape(input_shape) if input_shape else None
+    if batch is not None or shape is not None:   # refuse what cannot be allocated, up front
+        from costdb.validate import check_input_size
+        from profiler.zoo import MODELS
+        zm = MODELS.get(model)
+        full = shape or (tuple(zm.default_input) if zm else None)
+        if full is not None:
+            check_input_size(batch or (zm.default_batch if zm else 1), full,
+                             {"float64": 8, "float16": 2, "bfloat16": 2}.get(dtype, 4))
     cpu_list = _parse_cpus(cpus)
     out = console()
     err = console(err=True)
