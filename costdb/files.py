@@ -153,7 +153,7 @@ def write_atomic(path: str | os.PathLike, write: Callable[[str], None], mode: in
 def write_output(path: str | os.PathLike, data: bytes) -> Path:
     """Write ``data`` to ``path`` (``write_atomic``'s rules); the bytes on disk are checked."""
     def write(tmp: str) -> None:
-        fd = os.open(tmp, os.O_WRONLY | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0))
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | getattr(os, "O_CLOEXEC", 0), 0o600)
         try:
             _write_all(fd, data, Path(path))
         finally:

@@ -145,7 +145,7 @@ def load(path: str | os.PathLike | None = None, required: bool = False) -> Inven
         line = _line_of(text, name)
         if not inventory_schema.valid_name(name):
             raise CostdbError(f"inventory {p} line {line}: device name {name!r:.80} is not "
-                              "allowed; use 1-128 letters, digits, '-', '_', '.', '@' or '+'")
+                              "allowed; use 1-128 characters on one line, without leading or trailing spaces")
 
         def bad(problem: str) -> CostdbError:
             return CostdbError(f"inventory {p} line {line}: device {name!r}: {problem}")
