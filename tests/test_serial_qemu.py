@@ -129,6 +129,7 @@ def test_qemu_killed_mid_profile_then_resume_on_a_new_qemu():
         for spec in specs[:5]:
             done[spec["signature"]] = agent.measure(spec, {"samples": 2})
         big.p = [1, 4, 12, 12, 8, 3, 3, 1, 1, 1, 1, 1]        # fits m0, runs for seconds
+        big.warmups = 200                                     # (~0.7 s per 64 runs unloaded)
         threading.Timer(0.5, q.kill).start()
         t0 = time.monotonic()
         with pytest.raises(SerialLinkError) as err:

@@ -49,7 +49,7 @@ from devices.serial import protocol as P
 from devices.serial.boards import BOARDS
 from devices.serial.ops import KNAME, UnsupportedOp, buffer_plan, spec_to_request
 
-HOST_VERSION = "0.2.0"
+HOST_VERSION = "0.3.0"
 BITS_PER_BYTE = 10          # 8N1: start bit, 8 data bits, stop bit
 LATENCY_S = 2.0             # host scheduling, USB polling, QEMU being descheduled
 CONTROL_COMPUTE_S = 5.0     # HELLO / PING: the board answers at once
@@ -349,7 +349,8 @@ class SerialAgent:
             raise SerialLinkError(f"the board on this port is {facts.get('board')!r} "
                                   f"({name}), expected {self.board!r}")
         facts.update(firmware_version=facts.get("fw"), protocol=facts.get("proto"),
-                     emulated=self.emulated, link_baud=self.timing.baud)
+                     kernel_variant=facts.get("kernels"), emulated=self.emulated,
+                     link_baud=self.timing.baud)
         if self.emulated:
             facts["icount_shift"] = self.icount_shift
             facts["timing"] = "QEMU -icount instruction counts (emulated, CPI=1)"
