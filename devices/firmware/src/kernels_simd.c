@@ -361,6 +361,52 @@ static void dw_pixel(const struct tap *t, int nt, const int8_t *x, const int8_t 
     }
 }
 
+/* two pixels side by side with the same taps (the second one xstep bytes further in x): the
+ * weight words are loaded and widened once for both */
+static void dw_pixel2(const struct tap *t, int nt, const int8_t *x, int xstep, const int8_t *w,
+                      const int32_t *b, int8_t *y, int C, const struct rq *q)
+{
+    int c = 0;
+    for (; c + 4 <= C; c += 4) {
+        int32_t a0 = b ? b[c] : 0, a1 = b ? b[c + 1] : 0, a2 = b ? b[c + 2] : 0,
+                a3 = b ? b[c + 3] : 0;
+        int32_t e0 = a0, e1 = a1, e2 = a2, e3 = a3;
+        const int8_t *xc = x + c, *wc = w + c;
+        for (const struct tap *ti = t, *te = t + nt; ti < te; ti++) {
+            const int8_t *xp = xc + ti->xo;
+            const int32_t wv = ld32(wc + ti->wo);
+            const int32_t wa = __sxtb16(wv), wb = sxtb16_ror8(wv);
+            int32_t xv = ld32(xp);
+            int32_t xa = __sxtb16(xv), xb = sxtb16_ror8(xv);
+            a0 = __smlabb(xa, wa, a0);
+            a2 = __smlatt(xa, wa, a2);
+            a1 = __smlabb(xb, wb, a1);
+            a3 = __smlatt(xb, wb, a3);
+            xv = ld32(xp + xstep);
+            xa = __sxtb16(xv);
+            xb = sxtb16_ror8(xv);
+            e0 = __smlabb(xa, wa, e0);
+            e2 = __smlatt(xa, wa, e2);
+            e1 = __smlabb(xb, wb, e1);
+            e3 = __smlatt(xb, wb, e3);
+        }
+        y[c] = rq_apply(a0, q); y[c + 1] = rq_apply(a1, q);
+        y[c + 2] = rq_apply(a2, q); y[c + 3] = rq_apply(a3, q);
+        y[C + c] = rq_apply(e0, q); y[C + c + 1] = rq_apply(e1, q);
+        y[C + c + 2] = rq_apply(e2, q); y[C + c + 3] = rq_apply(e3, q);
+    }
+    for (; c < C; c++) {
+        int32_t a = b ? b[c] : 0, e = a;
+        for (int i = 0; i < nt; i++) {
+            const int32_t wv = w[t[i].wo + c];
+            a += (int32_t)x[t[i].xo + c] * wv;
+            e += (int32_t)x[t[i].xo + xstep + c] * wv;
+        }
+        y[c] = rq_apply(a, q);
+        y[C + c] = rq_apply(e, q);
+    }
+}
+
 static void dw_fwd(const struct kparams *k, const int8_t *x, const int8_t *w, const int32_t *b,
                    int8_t *y)
 {
@@ -371,6 +417,8 @@ static void dw_fwd(const struct kparams *k, const int8_t *x, const int8_t *w, co
     for (int n = 0; n < N; n++)
         for (int oy = 0; oy < OH; oy++)
             for (int ox = 0; ox < OW; ox++) {
+                /* pixels ox and ox + 1 share their taps when both windows are inside in x */
+                const int pair = ox + 1 < OW && ox * SW - PW >= 0 && (ox + 1) * SW - PW + KW <= W;
                 int nt = 0;
                 for (int ky = 0; ky < KH; ky++) {
                     const int iy = oy * SH - PH + ky;
@@ -383,7 +431,9 @@ static void dw_fwd(const struct kparams *k, const int8_t *x, const int8_t *w, co
                         nt++;
                     }
                 }
-                dw_pixel(t, nt, x, w, b, y + ((n * OH + oy) * OW + ox) * C, C, &q);
+                int8_t *yp = y + ((n * OH + oy) * OW + ox) * C;
+                if (pair) { dw_pixel2(t, nt, x, SW * C, w, b, yp, C, &q); ox++; }
+                else dw_pixel(t, nt, x, w, b, yp, C, &q);
             }
 }
 
