@@ -39,6 +39,18 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
     return int(q), int(e)
 
 
+def qas_multipliers(lr: float, grad_scale: float,
+                    weight_scales: list[float]) -> list[tuple[int, int]]:
+    """Per-channel (mult, shift) of the int8 SGD kernel under quantisation-aware scaling (QAS,
+    Lin et al. 2022): an int8 weight w = W / s_W[c] with int8 gradient g of scale s_g moves by
+    lr * s_g / s_W[c]^2 * g, which keeps the update of the real weight W the float SGD step
+    lr * dL/dW whatever the channel's scale. (The measurement runs draw these pairs from the
+    seeded stream instead; the kernel's cost does not depend on their values.)"""
+    if lr <= 0 or grad_scale <= 0 or any(s <= 0 for s in weight_scales):
+        raise ValueError("learning rate and scales must be positive")
+    return [quantize_multiplier(lr * grad_scale / (s * s)) for s in weight_scales]
+
+
 def default_requant(reduction: int) -> tuple[int, int]:
     """Output multiplier keeping int8 outputs in range for a sum of ``reduction`` products of
     uniform int8 values (std ~74 each): aims for an output std of ~40."""
