@@ -236,8 +236,10 @@ def simd_plan(r: RunRequest) -> int | None:
     if name.startswith("conv"):
         n, c, h, w, oc, kh, kw, sh, sw, ph, pw, g = p[:12]
         oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
-        if is_depthwise(p):
-            return 0 if kh * kw <= 64 else None
+        if is_depthwise(p):    # forward: the weights packed in tap pairs
+            if kh * kw > 64:
+                return None
+            return 24 * (c // 4) * ((kh * kw + 1) // 2) if name == "conv_fwd" else 0
         if g != 1:
             return None
         if name == "conv_fwd":

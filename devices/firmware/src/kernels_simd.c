@@ -35,6 +35,20 @@ static inline int32_t sxtb16_ror8(int32_t x)
     return r;
 }
 
+/* PKHBT / PKHTB with a 16-bit shift (GCC 12's arm_acle.h lacks them): (lo half of a, lo half of b), (hi of b, hi of a) */
+static inline int32_t pkhbt16(int32_t a, int32_t b)
+{
+    int32_t r;
+    __asm ("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+static inline int32_t pkhtb16(int32_t a, int32_t b)
+{
+    int32_t r;
+    __asm ("pkhtb %0, %1, %2, asr #16" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
 /* requantisation parameters, hoisted out of the loops */
 struct rq { int32_t mult; int left, right; int32_t mask, half; };
 
@@ -144,10 +158,11 @@ static inline int32_t mm1x1(const int8_t *a0, const int16_t *b0, int K4, int32_t
     return s;
 }
 
-static void gemm_run(const struct gemm *g, const struct kparams *k)
+static void gemm_run(const struct gemm *gp, const struct kparams *k)
 {
     struct rq q;
     rq_init(&q, k);
+    const struct gemm gl = *gp, *g = &gl;   /* a local copy: int8 stores cannot alias it */
     const int K4 = (g->K + 3) >> 2;
     int j = 0;
     for (; j + 1 < g->NC; j += 2) {
@@ -307,7 +322,8 @@ int32_t simd_plan(int kid, const struct kparams *k)
     case K_CONV_FWD: case K_CONV_BWD_DATA: case K_CONV_BWD_WEIGHT: {
         const int KHW = p[5] * p[6];
         const int OH = (p[2] + 2 * p[9] - p[5]) / p[7] + 1, OW = (p[3] + 2 * p[10] - p[6]) / p[8] + 1;
-        if (is_dw(k)) return KHW <= 64 ? 0 : -1;
+        if (is_dw(k))   /* forward: the weights packed in tap pairs */
+            return KHW > 64 ? -1 : kid == K_CONV_FWD ? 24 * (p[1] >> 2) * ((KHW + 1) >> 1) : 0;
         if (p[11] != 1) return -1;
         if (kid == K_CONV_FWD) return (int32_t)gemm_scratch(0, KHW * p[1]);
         if (kid == K_CONV_BWD_DATA)
@@ -338,6 +354,7 @@ struct tap { int32_t xo, wo; };
 static void dw_pixel(const struct tap *t, int nt, const int8_t *x, const int8_t *w,
                      const int32_t *b, int8_t *y, int C, const struct rq *q)
 {
+    const struct rq lq = *q;
     int c = 0;
     for (; c + 4 <= C; c += 4) {
         int32_t a0 = b ? b[c] : 0, a1 = b ? b[c + 1] : 0, a2 = b ? b[c + 2] : 0,
@@ -351,90 +368,128 @@ static void dw_pixel(const struct tap *t, int nt, const int8_t *x, const int8_t 
             a1 = __smlabb(xb, wb, a1);
             a3 = __smlatt(xb, wb, a3);
         }
-        y[c] = rq_apply(a0, q); y[c + 1] = rq_apply(a1, q);
-        y[c + 2] = rq_apply(a2, q); y[c + 3] = rq_apply(a3, q);
+        y[c] = rq_apply(a0, &lq); y[c + 1] = rq_apply(a1, &lq);
+        y[c + 2] = rq_apply(a2, &lq); y[c + 3] = rq_apply(a3, &lq);
     }
     for (; c < C; c++) {
         int32_t a = b ? b[c] : 0;
         for (int i = 0; i < nt; i++) a += (int32_t)x[t[i].xo + c] * (int32_t)w[t[i].wo + c];
-        y[c] = rq_apply(a, q);
+        y[c] = rq_apply(a, &lq);
     }
 }
 
-/* two pixels side by side with the same taps (the second one xstep bytes further in x): the
- * weight words are loaded and widened once for both */
-static void dw_pixel2(const struct tap *t, int nt, const int8_t *x, int xstep, const int8_t *w,
-                      const int32_t *b, int8_t *y, int C, const struct rq *q)
+/* Interior pixels: every tap is inside the image, so the taps come in pairs (t, t + 1) with
+ * fixed offsets. Per 4 channels and tap pair, the x words of both taps are widened and packed
+ * per channel into (x_t, x_t+1) with PKHBT / PKHTB, and one SMLAD per channel multiplies
+ * them with the pre-packed weight pair. The table holds, per 4-channel block and tap pair,
+ * 6 words: the two x offsets, then (w_t, w_t+1) for each of the 4 channels (one pointer walks
+ * it: few live registers). An odd tap count pads the last pair with a zero weight. */
+#define DW_ENTRY 6
+static NOINLINE void dw_pixel_packed(const int32_t *tab, int npairs, const int8_t *x,
+                                     const int32_t *b, int8_t *y, int C, const int8_t *w,
+                                     const int32_t *xo, int KHW, const struct rq *q)
 {
+    const struct rq lq = *q;
     int c = 0;
     for (; c + 4 <= C; c += 4) {
         int32_t a0 = b ? b[c] : 0, a1 = b ? b[c + 1] : 0, a2 = b ? b[c + 2] : 0,
                 a3 = b ? b[c + 3] : 0;
-        int32_t e0 = a0, e1 = a1, e2 = a2, e3 = a3;
-        const int8_t *xc = x + c, *wc = w + c;
-        for (const struct tap *ti = t, *te = t + nt; ti < te; ti++) {
-            const int8_t *xp = xc + ti->xo;
-            const int32_t wv = ld32(wc + ti->wo);
-            const int32_t wa = __sxtb16(wv), wb = sxtb16_ror8(wv);
-            int32_t xv = ld32(xp);
-            int32_t xa = __sxtb16(xv), xb = sxtb16_ror8(xv);
-            a0 = __smlabb(xa, wa, a0);
-            a2 = __smlatt(xa, wa, a2);
-            a1 = __smlabb(xb, wb, a1);
-            a3 = __smlatt(xb, wb, a3);
-            xv = ld32(xp + xstep);
-            xa = __sxtb16(xv);
-            xb = sxtb16_ror8(xv);
-            e0 = __smlabb(xa, wa, e0);
-            e2 = __smlatt(xa, wa, e2);
-            e1 = __smlabb(xb, wb, e1);
-            e3 = __smlatt(xb, wb, e3);
-        }
-        y[c] = rq_apply(a0, q); y[c + 1] = rq_apply(a1, q);
-        y[c + 2] = rq_apply(a2, q); y[c + 3] = rq_apply(a3, q);
-        y[C + c] = rq_apply(e0, q); y[C + c + 1] = rq_apply(e1, q);
-        y[C + c + 2] = rq_apply(e2, q); y[C + c + 3] = rq_apply(e3, q);
+        const int8_t *xc = x + c;
+        const int32_t *p = tab + (c >> 2) * npairs * DW_ENTRY, *pe = p + npairs * DW_ENTRY;
+        /* per entry: u, v = x words of the two taps; (ua, va) their channels 0 and 2, then
+         * 1 and 3; t = (x_t, x_t+1) of one channel; w = that channel's weight pair. Written in
+         * assembly because GCC 12 spills the weights of this 13-register loop (npairs >= 1). */
+        int32_t u, v, ua, va, t, w;
+        __asm volatile (
+            "1: ldrd   %[u], %[v], [%[p]]\n"
+            "   ldr    %[u], [%[xc], %[u]]\n"
+            "   ldr    %[v], [%[xc], %[v]]\n"
+            "   sxtb16 %[ua], %[u]\n"
+            "   sxtb16 %[va], %[v]\n"
+            "   pkhbt  %[t], %[ua], %[va], lsl #16\n"
+            "   ldr    %[w], [%[p], #8]\n"
+            "   smlad  %[a0], %[t], %[w], %[a0]\n"
+            "   pkhtb  %[t], %[va], %[ua], asr #16\n"
+            "   ldr    %[w], [%[p], #16]\n"
+            "   smlad  %[a2], %[t], %[w], %[a2]\n"
+            "   sxtb16 %[ua], %[u], ror #8\n"
+            "   sxtb16 %[va], %[v], ror #8\n"
+            "   pkhbt  %[t], %[ua], %[va], lsl #16\n"
+            "   ldr    %[w], [%[p], #12]\n"
+            "   smlad  %[a1], %[t], %[w], %[a1]\n"
+            "   pkhtb  %[t], %[va], %[ua], asr #16\n"
+            "   ldr    %[w], [%[p], #20]\n"
+            "   smlad  %[a3], %[t], %[w], %[a3]\n"
+            "   adds   %[p], %[p], #24\n"
+            "   cmp    %[p], %[pe]\n"
+            "   blo    1b\n"
+            : [a0] "+r"(a0), [a1] "+r"(a1), [a2] "+r"(a2), [a3] "+r"(a3), [p] "+r"(p),
+              [u] "=&r"(u), [v] "=&r"(v), [ua] "=&r"(ua), [va] "=&r"(va), [t] "=&r"(t),
+              [w] "=&r"(w)
+            : [pe] "r"(pe), [xc] "r"(xc)
+            : "cc", "memory");
+        y[c] = rq_apply(a0, &lq); y[c + 1] = rq_apply(a1, &lq);
+        y[c + 2] = rq_apply(a2, &lq); y[c + 3] = rq_apply(a3, &lq);
     }
     for (; c < C; c++) {
-        int32_t a = b ? b[c] : 0, e = a;
-        for (int i = 0; i < nt; i++) {
-            const int32_t wv = w[t[i].wo + c];
-            a += (int32_t)x[t[i].xo + c] * wv;
-            e += (int32_t)x[t[i].xo + xstep + c] * wv;
-        }
-        y[c] = rq_apply(a, q);
-        y[C + c] = rq_apply(e, q);
+        int32_t a = b ? b[c] : 0;
+        for (int t = 0; t < KHW; t++) a += (int32_t)x[xo[t] + c] * (int32_t)w[t * C + c];
+        y[c] = rq_apply(a, &lq);
     }
 }
 
 static void dw_fwd(const struct kparams *k, const int8_t *x, const int8_t *w, const int32_t *b,
-                   int8_t *y)
+                   int8_t *y, uint8_t *scratch)
 {
     DIMS
     struct rq q;
     struct tap t[64];
+    int32_t xo[66];
     rq_init(&q, k);
+    const int KHW = KH * KW, npairs = (KHW + 1) >> 1, C4 = C >> 2;
+    for (int ky = 0; ky < KH; ky++)        /* tap offsets of an interior pixel */
+        for (int kx = 0; kx < KW; kx++) xo[ky * KW + kx] = (ky * W + kx) * C;
+    xo[KHW] = xo[KHW - 1];
+    int32_t *tab = (int32_t *)scratch;     /* whole 4-channel blocks, see dw_pixel_packed */
+    for (int cb = 0; cb < C4; cb++)
+        for (int j = 0; j < npairs; j++) {
+            int32_t *e = tab + (cb * npairs + j) * DW_ENTRY;
+            const int t0 = 2 * j, t1 = 2 * j + 1;
+            e[0] = xo[t0];
+            e[1] = xo[t1];
+            for (int ch = 0; ch < 4; ch++) {
+                const int c = cb * 4 + ch;
+                const int32_t lo = (uint16_t)(int16_t)w[t0 * C + c];
+                const int32_t hi = t1 < KHW ? (int32_t)w[t1 * C + c] : 0;
+                e[2 + ch] = (int32_t)((uint32_t)lo | ((uint32_t)hi << 16));
+            }
+        }
     for (int n = 0; n < N; n++)
-        for (int oy = 0; oy < OH; oy++)
+        for (int oy = 0; oy < OH; oy++) {
+            const int iy0 = oy * SH - PH, yin = iy0 >= 0 && iy0 + KH <= H;
             for (int ox = 0; ox < OW; ox++) {
-                /* pixels ox and ox + 1 share their taps when both windows are inside in x */
-                const int pair = ox + 1 < OW && ox * SW - PW >= 0 && (ox + 1) * SW - PW + KW <= W;
+                const int ix0 = ox * SW - PW;
+                int8_t *yp = y + ((n * OH + oy) * OW + ox) * C;
+                if (yin && ix0 >= 0 && ix0 + KW <= W) {
+                    dw_pixel_packed(tab, npairs, x + ((n * H + iy0) * W + ix0) * C, b, yp, C,
+                                    w, xo, KHW, &q);
+                    continue;
+                }
                 int nt = 0;
                 for (int ky = 0; ky < KH; ky++) {
-                    const int iy = oy * SH - PH + ky;
+                    const int iy = iy0 + ky;
                     if (iy < 0 || iy >= H) continue;
                     for (int kx = 0; kx < KW; kx++) {
-                        const int ix = ox * SW - PW + kx;
+                        const int ix = ix0 + kx;
                         if (ix < 0 || ix >= W) continue;
                         t[nt].xo = ((n * H + iy) * W + ix) * C;
                         t[nt].wo = (ky * KW + kx) * C;
                         nt++;
                     }
                 }
-                int8_t *yp = y + ((n * OH + oy) * OW + ox) * C;
-                if (pair) { dw_pixel2(t, nt, x, SW * C, w, b, yp, C, &q); ox++; }
-                else dw_pixel(t, nt, x, w, b, yp, C, &q);
+                dw_pixel(t, nt, x, w, b, yp, C, &q);
             }
+        }
 }
 
 static void dw_bwd_data(const struct kparams *k, const int8_t *dy, const int8_t *w, int8_t *dx)
@@ -518,7 +573,7 @@ static void dw_bwd_weight(const struct kparams *k, const int8_t *x, const int8_t
 void conv_fwd_s8_simd(const struct kparams *k, const int8_t *x, const int8_t *w,
                       const int32_t *b, int8_t *y, uint8_t *scratch)
 {
-    if (is_dw(k)) { dw_fwd(k, x, w, b, y); return; }
+    if (is_dw(k)) { dw_fwd(k, x, w, b, y, scratch); return; }
     DIMS
     struct cctx cc = {k, x};
     struct gemm g = {w, OC, KH * KW * C, KH * KW * C, N * OH * OW, col_conv_fwd, &cc, b,
