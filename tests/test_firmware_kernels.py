@@ -128,9 +128,16 @@ def test_simd_int8_kernels_equal_portable_and_numpy(m4f_agent, m4f_portable_agen
                                     qshift=qs, bias=True, return_output=True))
     else:
         qm, qs = quantize_multiplier(0.004)
-        for p in ([1, 37, 5], [3, 13, 7], [2, 1, 1], [5, 64, 3]):
+        for p in ([1, 37, 5], [3, 13, 7], [2, 1, 1], [5, 64, 3], [1, 1, 9], [1, 64, 2]):
             cases.append(RunRequest(K[kname], "int8", p, samples=1, seed=13, qmult=qm,
                                     qshift=qs, bias=True, return_output=True))
+    # requantisation edges of the SIMD path: left shifts whose products overflow int32 (TFLite
+    # wraps, then the doubling saturates), a zero multiplier, the largest right shift it takes
+    for real in (2.0 ** 12, 2.0 ** 18, 0.0, 2.0 ** -21 * 0.75):
+        qm, qs = quantize_multiplier(real)
+        base = cases[-1]
+        cases.append(RunRequest(base.kernel, "int8", list(base.p), samples=1, seed=17, qmult=qm,
+                                qshift=qs, bias=True, return_output=True))
     simd_paths = 0
     for req in cases:
         simd_paths += simd_plan(req) is not None

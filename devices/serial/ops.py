@@ -230,8 +230,8 @@ def simd_plan(r: RunRequest) -> int | None:
     """Scratch bytes of the SIMD int8 kernel for ``r`` (firmware ``simd_plan``), or None when
     the portable kernel runs (not int8, not a conv/linear kernel, a shape or requantisation
     the SIMD kernels do not cover)."""
-    if r.dtype != "int8" or r.qmult == INT32_MIN or not -31 <= r.qshift <= 30:
-        return None
+    if r.dtype != "int8" or not (r.qmult == 0 or r.qmult >= 1 << 30) or not -21 <= r.qshift <= 30:
+        return None     # the SIMD kernels' requantisation holds for these (kernels_simd.c)
     p, name = list(r.p) + [0] * 12, KNAME[r.kernel]
     if name.startswith("conv"):
         n, c, h, w, oc, kh, kw, sh, sw, ph, pw, g = p[:12]
@@ -251,7 +251,7 @@ def simd_plan(r: RunRequest) -> int | None:
         n, fin, fout = p[:3]
         return {"linear_fwd": _gemm_scratch(0, fin),
                 "linear_bwd_data": _gemm_scratch(fin * fout, fout),
-                "linear_bwd_weight": _gemm_scratch(fout * n, n)}[name]
+                "linear_bwd_weight": 0 if n == 1 else _gemm_scratch(fout * n, n)}[name]
     return None
 
 

@@ -50,24 +50,37 @@ static inline int32_t pkhtb16(int32_t a, int32_t b)
 }
 
 /* requantisation parameters, hoisted out of the loops */
-struct rq { int32_t mult; int left, right; int32_t mask, half; };
+struct rq { int32_t mult; int left, right; int32_t nudge, negmask; };
 
 static void rq_init(struct rq *q, const struct kparams *k)
 {
     q->mult = k->qmult;
     q->left = k->qshift > 0 ? k->qshift : 0;
     q->right = k->qshift > 0 ? 0 : -k->qshift;
-    q->mask = (int32_t)((1u << q->right) - 1u);
-    q->half = q->mask >> 1;
+    q->nudge = q->right ? (int32_t)(1u << (q->right - 1)) : 0;
+    q->negmask = q->right ? -1 : 0;
 }
 
-/* == requant() + sat8 for mult != INT32_MIN: gemmlowp's SaturatingRoundingDoublingHighMul
- * (ab + nudge) / 2^31 rounded toward zero equals (ab + 2^30) >> 31 for every ab */
+static inline int32_t smmulr(int32_t a, int32_t b)
+{
+    int32_t r;
+    __asm ("smmulr %0, %1, %2" : "=r"(r) : "r"(a), "r"(b));
+    return r;
+}
+
+/* == sat8(requant()) of kernels.h, in 8 instructions, for the multipliers simd_plan() admits
+ * (mult 0 or in [2^30, 2^31), shift >= -21):
+ *  - gemmlowp's SaturatingRoundingDoublingHighMul, (a*m + nudge) / 2^31 rounded toward zero,
+ *    equals floor((a*m + 2^30) / 2^31) = SMMULR(2a, m). When 2a overflows (|a| >= 2^30) QADD
+ *    saturates it and the result still saturates int8 the same way: |h| >= 2^29 - 1, and a
+ *    right shift of at most 21 leaves |r| >= 255.
+ *  - RoundingDivideByPOT(h, e) (remainder > threshold rounds up, threshold one higher for
+ *    negative h) equals floor((h + 2^(e-1) - [h < 0]) / 2^e) for e >= 1, h for e = 0. */
 static inline int8_t rq_apply(int32_t acc, const struct rq *q)
 {
-    int32_t a = (int32_t)((uint32_t)acc << q->left);
-    int32_t h = (int32_t)(((int64_t)a * q->mult + (1LL << 30)) >> 31);
-    int32_t r = (h >> q->right) + ((h & q->mask) > q->half + (int32_t)((uint32_t)h >> 31));
+    const int32_t a = (int32_t)((uint32_t)acc << q->left);
+    const int32_t h = smmulr(__qadd(a, a), q->mult);
+    const int32_t r = (h + q->nudge + ((h >> 31) & q->negmask)) >> q->right;
     return (int8_t)__ssat(r, 8);
 }
 
@@ -317,7 +330,9 @@ static uint32_t gemm_scratch(uint32_t rows_bytes, int K)
 int32_t simd_plan(int kid, const struct kparams *k)
 {
     const int32_t *p = k->p;
-    if (k->qmult == INT32_MIN || k->qshift > 30 || k->qshift < -31) return -1;
+    /* the fast requantisation (rq_apply) holds for these multipliers, which is every one the
+     * host makes (TFLite's QuantizeMultiplier normalises to [2^30, 2^31)) */
+    if (!(k->qmult == 0 || k->qmult >= (1 << 30)) || k->qshift > 30 || k->qshift < -21) return -1;
     switch (kid) {
     case K_CONV_FWD: case K_CONV_BWD_DATA: case K_CONV_BWD_WEIGHT: {
         const int KHW = p[5] * p[6];
@@ -332,7 +347,8 @@ int32_t simd_plan(int kid, const struct kparams *k)
     }
     case K_LINEAR_FWD: return (int32_t)gemm_scratch(0, p[1]);
     case K_LINEAR_BWD_DATA: return (int32_t)gemm_scratch((uint32_t)p[1] * p[2], p[2]);
-    case K_LINEAR_BWD_WEIGHT: return (int32_t)gemm_scratch((uint32_t)p[2] * p[0], p[0]);
+    case K_LINEAR_BWD_WEIGHT:   /* batch 1: no scratch (an outer product) */
+        return p[0] == 1 ? 0 : (int32_t)gemm_scratch((uint32_t)p[2] * p[0], p[0]);
     default: return -1;
     }
 }
@@ -649,6 +665,26 @@ void linear_bwd_weight_s8_simd(const struct kparams *k, const int8_t *x, const i
                                int8_t *dw, int32_t *db, uint8_t *scratch)
 {
     const int N = k->p[0], IN = k->p[1], OUT = k->p[2];
+    if (N == 1) {   /* batch 1: an outer product, one MAC per output; 4 outputs per x word */
+        struct rq q;
+        rq_init(&q, k);
+        for (int o = 0; o < OUT; o++) {
+            const int32_t d = dy[o];
+            int8_t *r = dw + o * IN;
+            int i = 0;
+            for (; i + 4 <= IN; i += 4) {
+                const int32_t xv = ld32(x + i);
+                const int32_t xa = __sxtb16(xv), xb = sxtb16_ror8(xv);
+                r[i] = rq_apply(__smlabb(xa, d, 0), &q);
+                r[i + 1] = rq_apply(__smlabb(xb, d, 0), &q);
+                r[i + 2] = rq_apply(__smlatb(xa, d, 0), &q);
+                r[i + 3] = rq_apply(__smlatb(xb, d, 0), &q);
+            }
+            for (; i < IN; i++) r[i] = rq_apply((int32_t)x[i] * d, &q);
+            if (db) db[o] = d;
+        }
+        return;
+    }
     int8_t *dyt = (int8_t *)scratch;         /* dyt[o][n] = dy[n][o] */
     for (int n = 0; n < N; n++)
         for (int o = 0; o < OUT; o++) dyt[o * N + n] = dy[n * OUT + o];
