@@ -18,22 +18,24 @@
 NOINLINE void FN(conv_fwd)(const struct kparams *k, const T *x, const T *w, const BT *b, T *y)
 {
     CONV_DIMS
+    /* element strides along the input channels of x and of the weights */
+    const int xcs = XI(0, 1, 0, 0, C, H, W), wcs = WI(0, 1, 0, 0) - WI(0, 0, 0, 0);
     for (int n = 0; n < N; n++)
         for (int oc = 0; oc < OC; oc++) {
             const int g = oc / opg;
             for (int oy = 0; oy < OH; oy++)
                 for (int ox = 0; ox < OW; ox++) {
                     ACC acc = b ? (ACC)b[oc] : 0;
-                    for (int ic = 0; ic < cpg; ic++) {
-                        for (int ky = 0; ky < KH; ky++) {
-                            const int iy = oy * SH - PH + ky;
-                            if (iy < 0 || iy >= H) continue;
-                            for (int kx = 0; kx < KW; kx++) {
-                                const int ix = ox * SW - PW + kx;
-                                if (ix < 0 || ix >= W) continue;
-                                acc += (ACC)x[XI(n, g * cpg + ic, iy, ix, C, H, W)] *
-                                       (ACC)w[WI(oc, ic, ky, kx)];
-                            }
+                    for (int ky = 0; ky < KH; ky++) {
+                        const int iy = oy * SH - PH + ky;
+                        if (iy < 0 || iy >= H) continue;
+                        for (int kx = 0; kx < KW; kx++) {
+                            const int ix = ox * SW - PW + kx;
+                            if (ix < 0 || ix >= W) continue;
+                            const T *xp = x + XI(n, g * cpg, iy, ix, C, H, W);
+                            const T *wp = w + WI(oc, 0, ky, kx);
+                            for (int ic = 0; ic < cpg; ic++)
+                                acc += (ACC)xp[ic * xcs] * (ACC)wp[ic * wcs];
                         }
                     }
                     y[XI(n, oc, oy, ox, OC, OH, OW)] = STORE(acc);
@@ -44,25 +46,27 @@ NOINLINE void FN(conv_fwd)(const struct kparams *k, const T *x, const T *w, cons
 NOINLINE void FN(conv_bwd_data)(const struct kparams *k, const T *dy, const T *w, T *dx)
 {
     CONV_DIMS
+    /* element strides along the output channels of dy and of the weights */
+    const int dys = XI(0, 1, 0, 0, OC, OH, OW), wos = WI(1, 0, 0, 0) - WI(0, 0, 0, 0);
     for (int n = 0; n < N; n++)
         for (int c = 0; c < C; c++) {
             const int g = c / cpg, icg = c - g * cpg;
             for (int iy = 0; iy < H; iy++)
                 for (int ix = 0; ix < W; ix++) {
                     ACC acc = 0;
-                    for (int oc = g * opg; oc < (g + 1) * opg; oc++) {
-                        for (int ky = 0; ky < KH; ky++) {
-                            const int ty = iy + PH - ky;
-                            if (ty < 0 || ty % SH) continue;
-                            const int oy = ty / SH;
-                            if (oy >= OH) continue;
-                            for (int kx = 0; kx < KW; kx++) {
-                                const int tx = ix + PW - kx;
-                                if (tx < 0 || tx % SW) continue;
-                                const int ox = tx / SW;
-                                if (ox >= OW) continue;
-                                acc += (ACC)dy[XI(n, oc, oy, ox, OC, OH, OW)] * (ACC)w[WI(oc, icg, ky, kx)];
-                            }
+                    for (int ky = 0; ky < KH; ky++) {
+                        const int ty = iy + PH - ky;
+                        if (ty < 0 || ty % SH) continue;
+                        const int oy = ty / SH;
+                        if (oy >= OH) continue;
+                        for (int kx = 0; kx < KW; kx++) {
+                            const int tx = ix + PW - kx;
+                            if (tx < 0 || tx % SW) continue;
+                            const int ox = tx / SW;
+                            if (ox >= OW) continue;
+                            const T *dp = dy + XI(n, g * opg, oy, ox, OC, OH, OW);
+                            const T *wp = w + WI(g * opg, icg, ky, kx);
+                            for (int j = 0; j < opg; j++) acc += (ACC)dp[j * dys] * (ACC)wp[j * wos];
                         }
                     }
                     dx[XI(n, c, iy, ix, C, H, W)] = STORE(acc);
@@ -73,6 +77,8 @@ NOINLINE void FN(conv_bwd_data)(const struct kparams *k, const T *dy, const T *w
 NOINLINE void FN(conv_bwd_weight)(const struct kparams *k, const T *x, const T *dy, T *dw, BT *db)
 {
     CONV_DIMS
+    /* element strides from one output column to the next, in dy and in x */
+    const int dxs = XI(0, 0, 0, 1, OC, OH, OW), xxs = SW * XI(0, 0, 0, 1, C, H, W);
     for (int oc = 0; oc < OC; oc++) {
         const int g = oc / opg;
         for (int icg = 0; icg < cpg; icg++) {
@@ -80,15 +86,18 @@ NOINLINE void FN(conv_bwd_weight)(const struct kparams *k, const T *x, const T *
             for (int ky = 0; ky < KH; ky++)
                 for (int kx = 0; kx < KW; kx++) {
                     ACC acc = 0;
+                    /* the output columns whose input column is inside the image */
+                    int ox0 = 0, ox1 = OW;
+                    while (ox0 < OW && ox0 * SW - PW + kx < 0) ox0++;
+                    while (ox1 > ox0 && (ox1 - 1) * SW - PW + kx >= W) ox1--;
                     for (int n = 0; n < N; n++) {
                         for (int oy = 0; oy < OH; oy++) {
                             const int iy = oy * SH - PH + ky;
-                            if (iy < 0 || iy >= H) continue;
-                            for (int ox = 0; ox < OW; ox++) {
-                                const int ix = ox * SW - PW + kx;
-                                if (ix < 0 || ix >= W) continue;
-                                acc += (ACC)dy[XI(n, oc, oy, ox, OC, OH, OW)] * (ACC)x[XI(n, c, iy, ix, C, H, W)];
-                            }
+                            if (iy < 0 || iy >= H || ox0 >= ox1) continue;
+                            const T *dp = dy + XI(n, oc, oy, ox0, OC, OH, OW);
+                            const T *xp = x + XI(n, c, iy, ox0 * SW - PW + kx, C, H, W);
+                            for (int ox = ox0; ox < ox1; ox++, dp += dxs, xp += xxs)
+                                acc += (ACC)*dp * (ACC)*xp;
                         }
                     }
                     dw[WI(oc, icg, ky, kx)] = STORE(acc);
