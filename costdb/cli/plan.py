@@ -17,7 +17,7 @@ from costdb.cli.common import console, db_option, escape, estimate_option, setti
 @click.option("--contributions", type=click.Path(dir_okay=False), default=None,
               help='JSON table of what updating each layer is worth: {"conv2": {"weight": 0.3, '
                    '"bias": 0.05}} (weight may be {"0.25": 0.2, "1": 0.3} per channel '
-                   "fraction). Default: a depth heuristic (docs/usage.md, 'Sparse update').")
+                   "fraction). Default: a depth heuristic (docs/solver.md, 'Sparse update').")
 @click.option("--batch", type=int, default=None)
 @settings_option
 @estimate_option
