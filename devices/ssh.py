@@ -305,7 +305,7 @@ def _connect_client(target: SshTarget, sock: Any = None) -> paramiko.SSHClient:
         raise CostdbError(f"device {t.device!r}: cannot reach {t.address}: timed out after "
                           f"{t.connect_timeout:g} s; check the device is on and on the network, or "
                           "fix hostname/port in the inventory") from None
-    except (OSError, paramiko.SSHException, EOFError) as e:
+    except (OSError, paramiko.SSHException, EOFError, UnicodeError) as e:
         client.close()
         reason = getattr(e, "strerror", None) or _one_line(str(e), 120) or type(e).__name__
         raise CostdbError(f"device {t.device!r}: cannot reach {t.address}: {reason}; check the "
