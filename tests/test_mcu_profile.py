@@ -86,3 +86,32 @@ def test_qemu_killed_mid_profile_then_resumed(db_path):
         counts = db.conn.execute("SELECT signature, count(*) FROM measurements GROUP BY signature").fetchall()
         assert len(counts) == len(model_graph("tinycnn").signatures()) and {c for _, c in counts} == {1}
         assert list(db.sessions("qemu-m4f")["status"]) == ["failed", "complete"]
+
+
+def test_simd_and_portable_kernels_are_never_mixed(db_path, tmp_path):
+    """The same board profiled with the SIMD and with the portable firmware: two settings
+    fingerprints (kernel_variant), each complete; a cost table refuses to mix them. (costdb
+    profile traces float graphs; the float32 kernels are the same in both builds, so their
+    figures agree, but they are still kept apart: the fingerprint is about the firmware.)"""
+    from costdb.errors import CostdbError
+    from devices.serial.build import build_firmware
+    from devices.serial.qemu import QemuBoard
+    from serial_fixtures import link_inventory
+    n = len(model_graph("tinycnn").signatures())
+    portable = build_firmware("qemu-m4f", options={"KERNELS": "portable"})
+    for elf in (None, portable):
+        with QemuBoard("qemu-m4f", elf=elf) as q:
+            inv = link_inventory(tmp_path / "inv.toml", "m4", q.url, "qemu-m4f", 115200)
+            res = costdb.profile(db_path, device="m4", model="tinycnn", settings=FAST,
+                                 inventory=inv)
+            assert res.planned == res.measured == n          # a new fingerprint: measured again
+    with costdb.open(db_path) as db:
+        ids = {v: i for i, v in db.conn.execute("SELECT id, kernel_variant FROM settings")}
+        assert set(ids) == {"simd", "portable"}
+        with pytest.raises(CostdbError, match="different settings"):
+            db.costs("m4", "tinycnn")
+        simd = db.costs("m4", "tinycnn", settings=ids["simd"]).set_index("name")
+        port = db.costs("m4", "tinycnn", settings=ids["portable"]).set_index("name")
+    assert simd["status"].eq("ok").all() and port["status"].eq("ok").all()
+    cyc = lambda df: df["runtime_s"] * 25e6  # noqa: E731  (emulated instructions)
+    assert ((cyc(simd) - cyc(port)).abs() <= 24).all()      # same float kernels, same counts
