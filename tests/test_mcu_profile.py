@@ -115,3 +115,26 @@ def test_simd_and_portable_kernels_are_never_mixed(db_path, tmp_path):
     assert simd["status"].eq("ok").all() and port["status"].eq("ok").all()
     cyc = lambda df: df["runtime_s"] * 25e6  # noqa: E731  (emulated instructions)
     assert ((cyc(simd) - cyc(port)).abs() <= 24).all()      # same float kernels, same counts
+
+
+@pytest.mark.parametrize("board,variant", [("qemu-m4f", "simd"), ("qemu-m0", "portable")])
+def test_profile_int8_tinycnn_records_the_int8_kernels(db_path, board, variant):
+    """--dtype int8: the quantised graph (1-byte tensors) measured by the firmware's int8
+    kernels, under a fingerprint that names dtype and kernel variant."""
+    res = costdb.profile(db_path, device=board, model="tinycnn", dtype="int8", settings=FAST)
+    assert res.measured == res.planned == len(model_graph("tinycnn").signatures())
+    with costdb.open(db_path) as db:
+        df = db.costs(board, "tinycnn", dtype="int8")
+        assert df["status"].eq("ok").all() and set(df["runtime_provenance"]) == {"emulated"}
+        (dtype, variant_,) = db.conn.execute("SELECT dtype, kernel_variant FROM settings").fetchone()
+        kinds = {json.loads(x).get("kernel_dtype") for (x,) in
+                 db.conn.execute("SELECT extra_json FROM measurements")}
+    assert (dtype, variant_) == ("int8", variant) and kinds == {"int8"}
+    g32 = model_graph("tinycnn")
+    assert df["output_bytes"].sum() * 4 == sum(n.output_bytes for n in g32.nodes)
+
+
+def test_int8_graphs_are_refused_off_the_firmware(db_path):
+    from costdb.errors import CostdbError
+    with pytest.raises(CostdbError, match="Cortex-M firmware only"):
+        costdb.profile(db_path, device="local", model="tinycnn", dtype="int8")
