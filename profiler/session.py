@@ -262,6 +262,10 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
     """
     inv = _resolve_inventory(inventory)
     entry = entry_for(device, inv)
+    if (graph_dtype := getattr(model, "dtype", dtype)) == "int8" and entry.transport != "serial":
+        raise CostdbError(f"int8 training graphs are measured by the Cortex-M firmware only "
+                          f"(serial devices); {device} is a {entry.transport} device: use "
+                          f"--dtype float32")
     preflight(Path(db_path), create=True)
     graph = model if isinstance(model, TrainingGraph) else model_graph(model, batch, input_shape,
                                                                       dtype=dtype)

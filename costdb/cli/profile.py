@@ -113,7 +113,8 @@ def print_iteration_check(db_path: str, device: str, model_key: str, con: Any) -
 @click.option("--batch", type=BoundedInt(min=1, max=MAX_ELEMENTS), default=None, help="Batch size (default: the model's).")
 @click.option("--input", "input_shape", default=None, metavar="CxHxW",
               help="Input shape without batch, e.g. 3x32x32 (default: the model's).")
-@click.option("--dtype", default="float32", show_default=True, help="Tensor dtype of the graph.")
+@click.option("--dtype", default="float32", show_default=True,
+              help="Tensor dtype of the graph (int8: the quantised graph, Cortex-M firmware only).")
 @db_option
 @inventory_option
 @click.option("--force", is_flag=True, help="Measure again even ops already measured on the device.")
