@@ -624,6 +624,18 @@ def _run_solver(form: Formulation, solver: str, time_limit: float | None, gap: f
         t0 = time.perf_counter()
         prob.solve(s)
         wall = time.perf_counter() - t0
+        if warm and s.info.get("primal_solution_status") == 2:
+            # HiGHS 1.16 can report the optimum's objective while returning the start's column
+            # values (seen when presolve solves the model); then solve again without the start
+            reported = s.info.get("objective_function_value")
+            got = pulp.value(prob.objective)
+            if reported is not None and got is not None and \
+                    abs(got - reported) > 1e-7 * max(1.0, abs(reported)):
+                s = _HiGHS(warm=False, msg=msg, timeLimit=time_limit, gapRel=gap, threads=threads)
+                prob.solve(s)
+                wall = time.perf_counter() - t0
+                s.info["status"] = str(s.info.get("status", "")) + " (start discarded: HiGHS " \
+                    "returned its values with another solution's objective)"
         import highspy
         ms = s.info.get("model_status")
         st = highspy.HighsModelStatus
