@@ -182,3 +182,24 @@ def test_filter_handles_a_million_points_and_large_fronts():
     for k in idx:
         dominated = ((front <= a[k]).all(axis=1) & (front < a[k]).any(axis=1)).any()
         assert m1[k] == (not dominated)
+
+
+# --- the time limit is a promise about wall time ----------------------------------------------------
+
+def test_solve_within_returns_the_child_result_or_the_best_heuristic_when_killed():
+    from solver.commands import solve_within
+    inst = random_training_instance(6, 3, fixed_bytes=2)
+    lo, hi = min_budget_bound(inst), inst.no_savings_peak()
+    budget = lo + (hi - lo) // 3
+    ok = solve_within(inst, 120.0, budget=budget, method="milp", explain_infeasible=False)
+    ref = solve(inst, budget=budget, method="milp", explain_infeasible=False)
+    assert ok.status == "optimal" and ok.energy_j == pytest.approx(ref.energy_j, rel=1e-9)
+    # a limit shorter than starting the child process: it is killed, the heuristic comes back
+    big = random_training_instance(60, 1, fixed_bytes=2)
+    lo, hi = min_budget_bound(big), big.no_savings_peak()
+    r = solve_within(big, 0.3, budget=lo + (hi - lo) // 10, method="milp",
+                     explain_infeasible=False)
+    assert r.status in ("feasible", "time_limit") and "limit" in r.message
+    if r.schedule is not None:
+        assert simulate(big, r.schedule, lo + (hi - lo) // 10).ok
+        assert r.bound_energy_j <= r.energy_j
