@@ -47,8 +47,10 @@ WALL_MARGIN_S = 1.0
 
 
 def _child_solve(conn: Any, inst: Instance, kwargs: dict[str, Any]) -> None:
+    def incumbent(name: str, sched: Any, sim: Any) -> None:
+        conn.send(("incumbent", (name, sched, sim)))
     try:
-        res = solve(inst, **kwargs)
+        res = solve(inst, on_incumbent=incumbent, **kwargs)
         conn.send(("ok", res))
     except BaseException as e:       # noqa: BLE001 - re-raised in the parent
         conn.send(("error", e))
@@ -66,17 +68,23 @@ def solve_within(inst: Instance, wall_limit: float | None, **kwargs: Any) -> Sol
         return solve(inst, time_limit=None, **kwargs)
     import multiprocessing
     t0 = time.perf_counter()
-    inner = max(0.1, wall_limit - WALL_MARGIN_S - min(0.1 * wall_limit, 5.0))
+    inner = max(0.1, wall_limit - WALL_MARGIN_S - min(0.15 * wall_limit, 15.0))
     ctx = multiprocessing.get_context("forkserver")
     parent, child = ctx.Pipe(duplex=False)
     proc = ctx.Process(target=_child_solve, args=(child, inst, {**kwargs, "time_limit": inner}),
                        daemon=True)
     proc.start()
     child.close()
+    best = None                   # the child's best validated start, sent before the exact solve
     try:
-        left = wall_limit - (time.perf_counter() - t0) - 0.25
-        if parent.poll(max(0.0, left)):
+        while True:
+            left = wall_limit - (time.perf_counter() - t0) - 0.25
+            if left <= 0 or not parent.poll(left):
+                break
             kind, val = parent.recv()
+            if kind == "incumbent":
+                best = val
+                continue
             if kind == "error":
                 raise val
             return val
@@ -87,11 +95,11 @@ def solve_within(inst: Instance, wall_limit: float | None, **kwargs: Any) -> Sol
             proc.kill()
         proc.join(5)
         parent.close()
-    return _killed_result(inst, wall_limit, proc.exitcode, kwargs)
+    return _killed_result(inst, wall_limit, proc.exitcode, kwargs, best)
 
 
 def _killed_result(inst: Instance, wall_limit: float, exitcode: int | None,
-                   kw: dict[str, Any]) -> SolveResult:
+                   kw: dict[str, Any], best: Any = None) -> SolveResult:
     from solver.problem import compat_instance
     from solver.solve import _finish_bound, best_heuristic
     compat = bool(kw.get("compat", False))
@@ -103,14 +111,14 @@ def _killed_result(inst: Instance, wall_limit: float, exitcode: int | None,
                       method=str(kw.get("method", "auto")), cost_provenance=inst.cost_provenance())
     why = ("stopped at the wall-time limit" if exitcode in (None, -9) else
            f"the solver process ended with exit code {exitcode}")
-    heur = best_heuristic(i2, res.mode, res.budget_bytes, res.deadline_s, res.overlap, compat)
+    heur = best or best_heuristic(i2, res.mode, res.budget_bytes, res.deadline_s, res.overlap, compat)
     if heur is None:
         res.message = f"{why} ({wall_limit:g} s) before any schedule was found; raise --time-limit"
         return res
     res.status, res.schedule, res.sim = "feasible", heur[1], heur[2]
     res.objective_energy_j = heur[2].energy_j
     res.method = f"heuristic:{heur[0]}"
-    res.message = f"{why} ({wall_limit:g} s); returned heuristic {heur[0]}"
+    res.message = f"{why} ({wall_limit:g} s); returned the best start found, {heur[0]}"
     return _finish_bound(res, i2)
 
 

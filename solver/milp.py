@@ -519,9 +519,10 @@ def _quiet_banner() -> None:
 class _HiGHS(pulp.HiGHS):
     """PuLP's HiGHS interface with a bulk model build, a warm start and the MIP bound kept."""
 
-    def __init__(self, warm: bool = False, **kw: Any):
+    def __init__(self, warm: bool = False, wall_deadline: float | None = None, **kw: Any):
         super().__init__(**kw)
         self.warm = warm
+        self.wall_deadline = wall_deadline     # perf_counter() value by which run() must end
         self.info: dict[str, Any] = {}
 
     def createAndConfigureSolver(self, lp):  # noqa: N802
@@ -581,6 +582,9 @@ class _HiGHS(pulp.HiGHS):
             sol.value_valid = True
             h.setSolution(sol)
         t0 = time.perf_counter()
+        if self.wall_deadline is not None:
+            # the limit covers the bulk model pass too (seconds on ResNet-50)
+            h.setOptionValue("time_limit", max(0.05, self.wall_deadline - t0))
         h.run()
         self.info = {"solve_time_s": time.perf_counter() - t0,
                      "status": h.modelStatusToString(h.getModelStatus()),
@@ -620,8 +624,10 @@ def _run_solver(form: Formulation, solver: str, time_limit: float | None, gap: f
         return RawSolve("optimal" if ok else "infeasible", obj if ok else None, obj if ok else None,
                         0.0 if ok else None, 0.0, "decided by presolve")
     if solver == "highs":
-        s = _HiGHS(warm=warm, msg=msg, timeLimit=time_limit, gapRel=gap, threads=threads)
         t0 = time.perf_counter()
+        wd = None if time_limit is None else t0 + time_limit
+        s = _HiGHS(warm=warm, msg=msg, timeLimit=time_limit, gapRel=gap, threads=threads,
+                   wall_deadline=wd)
         prob.solve(s)
         wall = time.perf_counter() - t0
         if warm and s.info.get("primal_solution_status") == 2:
@@ -631,7 +637,8 @@ def _run_solver(form: Formulation, solver: str, time_limit: float | None, gap: f
             got = pulp.value(prob.objective)
             if reported is not None and got is not None and \
                     abs(got - reported) > 1e-7 * max(1.0, abs(reported)):
-                s = _HiGHS(warm=False, msg=msg, timeLimit=time_limit, gapRel=gap, threads=threads)
+                s = _HiGHS(warm=False, msg=msg, timeLimit=time_limit, gapRel=gap, threads=threads,
+                           wall_deadline=wd)
                 prob.solve(s)
                 wall = time.perf_counter() - t0
                 s.info["status"] = str(s.info.get("status", "")) + " (start discarded: HiGHS " \

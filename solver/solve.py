@@ -167,7 +167,8 @@ def solve(inst: Instance, budget: int | None = None, deadline: float | None = No
           method: str = "auto", msg: bool = False, explain_infeasible: bool = True,
           symmetry_cuts: bool = True, prune: bool = True,
           max_computations: int | None = None,
-          starts: list[Schedule] | None = None) -> SolveResult:
+          starts: list[Schedule] | None = None,
+          on_incumbent: Any = None) -> SolveResult:
     """Energy-optimal schedule of ``inst`` within ``budget`` bytes and ``deadline`` seconds.
 
     ``method``: ``"milp"`` (exact, warm-started from the best heuristic), ``"cpsat"`` (the
@@ -177,6 +178,8 @@ def solve(inst: Instance, budget: int | None = None, deadline: float | None = No
     only in the budget, paging time outside the deadline). ``time_limit`` bounds the whole call
     (heuristics, sub-solves and model building included). ``starts``: extra warm-start schedules
     (e.g. a neighbouring sweep point's), used when they meet this budget and deadline.
+    ``on_incumbent(name, schedule, sim)`` is called with the best validated start before the
+    exact solve begins (the CLI's wall-time guard keeps it in case it has to stop the solve).
     """
     t_start = time.perf_counter()
 
@@ -269,6 +272,8 @@ def solve(inst: Instance, budget: int | None = None, deadline: float | None = No
     heur = cands[0] if cands else None
     if heur:
         res.heuristic, res.heuristic_energy_j = heur[0], heur[2].energy_j
+        if on_incumbent is not None:
+            on_incumbent(*heur)
     if method == "lp_round":
         from solver.approx import lp_round
         return lp_round(inst, res, opts, heur, solver=solver, time_limit=remaining(), threads=threads)
