@@ -368,10 +368,34 @@ class CpsatModel:
                         hints.append((cp.active, 0))
             if i in self.P:
                 hints.append((self.P[i], 1 if pins else 0))
-        for v, x in hints:
-            if not isinstance(v, (int, bool)):
+        hints = [(v, x) for v, x in hints if not isinstance(v, (int, bool))]
+        full = self._complete(hints)
+        if full is None:
+            for v, x in hints:
                 md.AddHint(v, x)
+        else:
+            md.ClearHints()
+            for k, x in enumerate(full):
+                md.AddHint(md.GetIntVarFromProtoIndex(k), x)
         return True
+
+    def _complete(self, hints: list[tuple[Any, int]], time_limit: float = 5.0) -> list[int] | None:
+        """All variables' values of the hinted schedule: CP-SAT rarely completes a partial hint
+        of this model by itself (ResNet-18: no solution in 15 s from a feasible start), but with
+        the hinted decisions fixed the rest (coverage literals, sizes) is found in ~0.1 s."""
+        from ortools.sat.python import cp_model
+        m2 = self.model.clone()
+        m2.ClearHints()
+        for v, x in hints:
+            m2.Add(m2.GetIntVarFromProtoIndex(v.Index()) == x)
+        m2.ClearObjective()
+        s = cp_model.CpSolver()
+        s.parameters.max_time_in_seconds = time_limit
+        s.parameters.num_workers = 2
+        st = s.Solve(m2)
+        if st not in (cp_model.OPTIMAL, cp_model.FEASIBLE):
+            return None
+        return [int(s.Value(m2.GetIntVarFromProtoIndex(k))) for k in range(len(m2.Proto().variables))]
 
     # --- solve -----------------------------------------------------------------------------
     def solve(self, time_limit: float | None, gap: float, threads: int | None,

@@ -133,7 +133,7 @@ def _fmt_bytes(b: float) -> str:
 
 METHODS = ("auto", "milp", "cpsat", "lp_round")
 #: ``method="auto"`` uses CP-SAT from this many nodes on (measured: docs/benchmarks.md)
-AUTO_CPSAT_MIN_NODES = 10**9
+AUTO_CPSAT_MIN_NODES = 200
 
 
 def choose_method(inst: Instance, opts: Options) -> str:
