@@ -37,7 +37,7 @@ SSH_KEYS = {"host", "hostname", "user", "port", "key", "proxy_jump", "python", "
             "known_hosts", "timeout"}
 SERIAL_KEYS = {"serial", "baud", "board", "timeout"}
 COMMON_KEYS = {"based_on", "profile", "description", "sensor", "sensor_options", "sysfs_root",
-               "threads"}
+               "threads", "storage_path", "compute_unit"}
 
 
 @dataclass(frozen=True)

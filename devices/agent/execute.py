@@ -379,8 +379,11 @@ class Ledger(object):
 class Executor(object):
     """One scheduled training iteration of ``model`` (see the module docstring)."""
 
-    def __init__(self, model, plan, run_dir, device="cpu"):
+    def __init__(self, model, plan, run_dir, device="cpu", audit=False):
         self.m = model
+        self.audit = audit
+        self.audit_excess = 0     # max bytes of live tensors the ledger did not account for
+        self._baseline = None
         self.prog = model.program
         self.plan = plan
         self.device = device
@@ -739,6 +742,8 @@ class Executor(object):
         self._param_ptrs = set(_ptr(p) for p in self.m.params.values())
         self._param_ptrs |= set(_ptr(b) for b in self.m.buffers.values())
         self._param_ptrs |= set([_ptr(self.m.x), _ptr(self.m.y)])
+        if self.audit:
+            self._baseline = set(self._live_tensor_bytes())
         plan = self.plan
         groups = plan["groups"]
         compat, overlap = bool(plan.get("compat")), bool(plan.get("overlap"))
@@ -780,6 +785,8 @@ class Executor(object):
                 raise ExecutionError("stage %d keeps %s, which is not in RAM" % (t, sorted(keep - live)))
             ram = keep
             self.ledger.end_stage()
+            if self.audit:
+                self._audit()
         for g in sorted(ram):
             self._free_group(g)
         missing = sorted(set(self.m.params) - self.updated)
@@ -790,6 +797,32 @@ class Executor(object):
             raise ExecutionError("values still held after the last stage: %s" % self._name(leftover[0]))
         self.graphs.clear()
         return self.grads
+
+    def _live_tensor_bytes(self):
+        """Bytes of every tensor storage reachable from Python, by unique storage."""
+        import warnings
+        seen = {}
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")      # isinstance on deprecated torch attributes
+            objs = [o for o in gc.get_objects() if torch.is_tensor(o)]
+        for o in objs:
+            try:
+                p, n = _ptr(o), _storage_nbytes(o)
+            except RuntimeError:
+                continue
+            if n and p:
+                seen[p] = n
+        return seen
+
+    def _audit(self):
+        """Compare what is really alive with the ledger: any tensor memory that is neither a
+        schedule value nor held saved state (nor persistent) is a hidden copy."""
+        live = self._live_tensor_bytes()
+        skip = self._baseline or set()
+        grads = set(_ptr(g) for g in self.grads.values())
+        extra = sum(n for p, n in live.items() if p not in skip and p not in grads)
+        self.audit_excess = max(self.audit_excess,
+                                extra - self.ledger.values - self.ledger.saved_state)
 
     def stats(self):
         """What was measured: times, counts, bytes paged, the memory ledger."""
@@ -802,7 +835,8 @@ class Executor(object):
                 "activation_peak_bytes": led.peak_values,
                 "saved_state_peak_bytes": led.peak_saved_state,
                 "ledger_peak_bytes": led.peak_total, "stage_peaks": list(led.stage_peaks),
-                "param_bytes": self.m.param_bytes()}
+                "param_bytes": self.m.param_bytes(),
+                "audit_excess_bytes": self.audit_excess if self.audit else None}
 
 
 # --- comparison ---------------------------------------------------------------------------------
@@ -844,6 +878,11 @@ def execute(req, meter=None):
     tolerance = req.get("tolerance")
     iterations, warmups = int(req.get("iterations", 1)), int(req.get("warmups", 1))
     deterministic = bool(req.get("deterministic", True))
+    if req.get("create_storage") and not os.path.isdir(storage):
+        try:
+            os.makedirs(storage)
+        except OSError as e:
+            raise StorageError("cannot create the storage path %s: %s" % (storage, e))
     if not os.path.isdir(storage):
         raise StorageError("storage path %s does not exist on the device; create it or set "
                            "storage_path in the inventory" % storage)
@@ -862,7 +901,7 @@ def execute(req, meter=None):
         model = Model(program, device, int(req.get("seed", 0)))
         for it in range(warmups + iterations):
             results.append(_one_iteration(model, plan, run_dir, device, tolerance, meter,
-                                          warmup=it < warmups))
+                                          warmup=it < warmups, audit=bool(req.get("audit"))))
     finally:
         shutil.rmtree(run_dir, ignore_errors=True)
         torch.use_deterministic_algorithms(prev_det)
@@ -875,7 +914,7 @@ def execute(req, meter=None):
     return out
 
 
-def _one_iteration(model, plan, run_dir, device, tolerance, meter, warmup):
+def _one_iteration(model, plan, run_dir, device, tolerance, meter, warmup, audit=False):
     snap = model.snapshot()
     rng = torch.get_rng_state()
     gc.collect()
@@ -888,7 +927,7 @@ def _one_iteration(model, plan, run_dir, device, tolerance, meter, warmup):
         base = _status_kib("VmRSS")
         rss_reset = _reset_peak_rss()
     io0 = _io_counters()
-    ex = Executor(model, plan, run_dir, device)
+    ex = Executor(model, plan, run_dir, device, audit=audit)
     if meter is not None:
         meter.start()
     t0 = time.perf_counter()
@@ -931,3 +970,79 @@ def _one_iteration(model, plan, run_dir, device, tolerance, meter, warmup):
         "process_peak_bytes": peak, "process_base_bytes": base, "process_peak_kind": peak_kind,
         "io": dict((k, io1.get(k, 0) - io0.get(k, 0)) for k in io1)})
     return stats
+
+
+# --- the storage request: paging speed of the storage path ---------------------------------------
+
+def measure_storage(req):
+    """Write ``total_bytes`` in ``block_bytes`` writes to a file under the storage path (flushed
+    and fsync-ed), drop it from the page cache (``posix_fadvise DONTNEED``), read it back; and
+    time small (4 KiB) fsync-ed writes and reads for the latency. The file is removed."""
+    storage = os.path.expanduser(req["storage_path"])
+    if req.get("create_storage") and not os.path.isdir(storage):
+        os.makedirs(storage)
+    if not os.path.isdir(storage):
+        raise StorageError("storage path %s does not exist on the device" % storage)
+    total, block = int(req.get("total_bytes", 16 << 20)), int(req.get("block_bytes", 1 << 20))
+    small, reps = 4096, int(req.get("latency_samples", 20))
+    path = os.path.join(storage, "costdb-storage-%d-%s.bin" % (os.getpid(), uuid.uuid4().hex[:8]))
+    data = os.urandom(block)
+    samples = {"write_s": [], "read_s": [], "small_write_s": [], "small_read_s": []}
+    try:
+        for _ in range(int(req.get("repeats", 3))):
+            t0 = time.perf_counter()
+            with open(path, "wb") as f:
+                left = total
+                while left > 0:
+                    n = min(block, left)
+                    f.write(data[:n])
+                    left -= n
+                f.flush()
+                os.fsync(f.fileno())
+            samples["write_s"].append(time.perf_counter() - t0)
+            _drop_cache(path)
+            buf = bytearray(block)
+            t0 = time.perf_counter()
+            with open(path, "rb", buffering=0) as f:
+                while f.readinto(buf):
+                    pass
+            samples["read_s"].append(time.perf_counter() - t0)
+        chunk = data[:small]
+        for _ in range(reps):
+            t0 = time.perf_counter()
+            with open(path, "wb") as f:
+                f.write(chunk)
+                f.flush()
+                os.fsync(f.fileno())
+            samples["small_write_s"].append(time.perf_counter() - t0)
+            _drop_cache(path)
+            t0 = time.perf_counter()
+            with open(path, "rb", buffering=0) as f:
+                f.read(small)
+            samples["small_read_s"].append(time.perf_counter() - t0)
+    except (IOError, OSError) as e:
+        raise StorageError("measuring storage at %s failed: %s" % (storage, e))
+    finally:
+        try:
+            os.remove(path)
+        except OSError:
+            pass
+
+    def med(v):
+        v = sorted(v)
+        return v[len(v) // 2]
+    w_lat, r_lat = med(samples["small_write_s"]), med(samples["small_read_s"])
+    w, r = med(samples["write_s"]), med(samples["read_s"])
+    return {"total_bytes": total, "block_bytes": block, "path": storage,
+            "write_bytes_per_s": total / max(w - w_lat, 1e-9), "read_bytes_per_s": total / max(r - r_lat, 1e-9),
+            "write_latency_s": w_lat, "read_latency_s": r_lat, "samples": samples,
+            "page_cache_dropped": hasattr(os, "posix_fadvise")}
+
+
+def _drop_cache(path):
+    if hasattr(os, "posix_fadvise"):
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.posix_fadvise(fd, 0, 0, os.POSIX_FADV_DONTNEED)
+        finally:
+            os.close(fd)
