@@ -38,12 +38,12 @@ class LocalAgent:
     def measure(self, spec: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
         return measure.measure_op(spec, settings, self.compute_unit, self.meter)
 
-    def execute(self, request: dict[str, Any]) -> dict[str, Any]:
+    def run_schedule(self, request: dict[str, Any]) -> dict[str, Any]:
         """Run a schedule (``costdb run``): ``devices.agent.execute.execute`` in this process."""
-        from devices.agent.execute import ExecutionError, execute
+        from devices.agent.execute import ExecutionError, run_request
         from costdb.errors import CostdbError
         try:
-            return execute(request, self.meter)
+            return run_request(request, self.meter)
         except ExecutionError as e:
             raise CostdbError(f"device local: {type(e).__name__}: {e}") from None
 

@@ -773,7 +773,7 @@ class SshAgent:
                     "error": f"the agent died twice {what} ({e}); out of memory?",
                     "runtime_provenance": self.runtime_provenance}
 
-    def execute(self, request: dict[str, Any]) -> dict[str, Any]:
+    def run_schedule(self, request: dict[str, Any]) -> dict[str, Any]:
         """Run a schedule on the device (agent ``execute``, docs/protocol.md). Not retried: a
         half-run iteration is not resumable, and the device removes its run directory."""
         timeout = float(request.get("timeout") or max(self.target.timeout, 600.0))

@@ -196,17 +196,21 @@ def run_schedule(db_path: str, schedule_id: int, device: str, model: str | None 
         prep = prepare(db, schedule_id, device, model, batch, inv, model_instance, storage_path,
                        iterations, warmups, tolerance, seed)
     entry = entry_for(device, inv)        # after the checks: a mismatch is named first
+    if entry.transport == "serial":
+        raise CostdbError(f"device {device!r} is a Cortex-M board (firmware over serial): its "
+                          "firmware has no schedule executor yet (no paging file system, no "
+                          "per-node backward kernels); see docs/execute.md")
     path = storage_path or entry.settings.get("storage_path")
     unit = entry.settings.get("compute_unit", "cpu")
     prep.request.update(storage_path=path or DEFAULT_STORAGE_PATH, create_storage=path is None,
                         device=unit, deterministic=unit == "cpu")
     started = now_iso()
     if agent is not None:
-        result = agent.execute(prep.request)
+        result = agent.run_schedule(prep.request)
         version = _agent_version(agent)
     else:
         with connect(entry) as ag:
-            result = ag.execute(prep.request)
+            result = ag.run_schedule(prep.request)
             version = _agent_version(ag)
     result = dict(result, started_at=started)
     rec = run_record(prep, result, entry.profile, version, prep.request["storage_path"])

@@ -22,6 +22,9 @@ from solver.problem import instance_from_graph
 from solver.program import build_plan, build_program
 from solver.simulate import simulate
 
+sys.path.insert(0, os.path.dirname(__file__))
+from sshd import sshd  # noqa: E402,F401
+
 pytestmark = pytest.mark.timeout(600)
 
 MODELS = {"mlp": None, "tinycnn": None, "bert-tiny": (16,)}
@@ -39,7 +42,7 @@ def _execute(prog, plan, storage, **kw):
     req = {"program": prog, "plan": plan, "storage_path": str(storage), "iterations": 1,
            "warmups": 0, "audit": True}
     req.update(kw)
-    return E.execute(req)
+    return E.run_request(req)
 
 
 @pytest.mark.parametrize("model", list(MODELS))
@@ -267,3 +270,37 @@ def test_execute_request_over_the_agent_protocol(tmp_path):
     assert reply["ok"], reply
     assert reply["result"]["iterations"][0]["check"]["bit_exact"]
     assert reply["result"]["iterations"][0]["bytes_out"] > 0
+
+
+# --- over SSH: the same executor inside the shipped agent --------------------------------------
+
+def test_costdb_run_over_loopback_sshd(sshd, tmp_path, runner):
+    """A schedule of a model solved for an SSH device runs in the agent on the device (here a
+    real sshd on 127.0.0.1), pages into the inventory's storage_path, and is stored."""
+    from costdb.cli import cli
+    from solver.commands import load_instance
+    from solver.solve import SolveResult
+    from solver.store import save_schedule
+    store = tmp_path / "device-storage"
+    store.mkdir()
+    inv = tmp_path / "inventory.toml"
+    inv.write_text(sshd.inventory_toml("lab-pi", storage_path=str(store)))
+    db = tmp_path / "costs.db"
+    from devices.inventory import load
+    inventory = load(inv, required=True)
+    with costdb.open(db, create=True) as d:
+        inst = load_instance(d, "lab-pi", "mlp", None, batch=2, inventory=inventory)
+        sched = page_everything(inst)
+        sim = simulate(inst, sched)
+        res = SolveResult(status="feasible", mode="paging", solver="heuristic", budget_bytes=None,
+                          deadline_s=None, schedule=sched, sim=sim, method="page_everything")
+        sid = save_schedule(d, inst, res)
+    r = runner.invoke(cli, ["run", "--device", "lab-pi", "--schedule", str(sid), "--db", str(db),
+                            "--inventory", str(inv), "--iterations", "1", "--warmups", "0"])
+    assert r.exit_code == 0, r.output
+    with costdb.open(db) as d:
+        rec = d.run(1)
+    assert rec.device == "lab-pi" and rec.bit_exact and rec.storage_path == str(store)
+    assert rec.pageout_bytes == rec.predicted_pageout_bytes > 0
+    assert rec.agent_version is not None and rec.extra["run_dir_removed"]
+    assert os.listdir(store) == []

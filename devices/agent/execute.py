@@ -868,7 +868,7 @@ def _compare(ref, got, what, tolerance):
 
 # --- the request ---------------------------------------------------------------------------------
 
-def execute(req, meter=None):
+def run_request(req, meter=None):
     """Run the ``execute`` request: ``iterations`` scheduled iterations (after ``warmups``), each
     checked against a plain iteration from the same state. Returns the measured figures; raises
     ExecutionError / StorageError (the run directory is removed in every case)."""

@@ -52,7 +52,7 @@ def serve(argv):
                 _reply({"ok": True, "result": res})
             elif cmd == "execute":
                 from . import execute
-                res = execute.execute(req, meter)
+                res = execute.run_request(req, meter)
                 _reply({"ok": True, "result": res})
             elif cmd == "storage":
                 from . import execute
