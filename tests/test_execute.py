@@ -304,3 +304,23 @@ def test_costdb_run_over_loopback_sshd(sshd, tmp_path, runner):
     assert rec.pageout_bytes == rec.predicted_pageout_bytes > 0
     assert rec.agent_version is not None and rec.extra["run_dir_removed"]
     assert os.listdir(store) == []
+
+
+def test_report_shows_measured_beside_predicted(profiled_mlp, tmp_path):
+    """The HTML report draws every executed schedule's predicted and measured point."""
+    import shutil
+
+    from reports.build import render_report
+    from solver.commands import run_solve
+    from solver.execute import run_schedule
+    db = tmp_path / "mlp.db"
+    shutil.copy(profiled_mlp, db)
+    res, inst, sid = run_solve(str(db), "local", "mlp", batch=4, mode="paging", solver="cbc",
+                               time_limit=60)
+    rec = run_schedule(str(db), sid, "local", inventory=Inventory(None, {}), iterations=1,
+                       warmups=0, storage_path=str(tmp_path))
+    html = render_report(db, devices=["local"])
+    assert "Executed schedules: predicted vs measured" in html
+    assert "Hollow: the solver&#39;s prediction" in html or "Hollow: the solver's prediction" in html
+    assert html.count("<svg") >= 2 and f"#{sid}" in html
+    assert rec.id == 1
