@@ -82,6 +82,8 @@ class RunRecord:
     compute_s: float | None = None
     pagein_s: float | None = None
     pageout_s: float | None = None
+    #: median time of the plain iteration (loss.backward()) the check ran, untimed otherwise
+    plain_runtime_s: float | None = None
     predicted_peak_bytes: int | None = None
     peak_memory_bytes: int | None = None
     fixed_bytes: int | None = None

@@ -203,7 +203,7 @@ CREATE TABLE runs (
     device TEXT NOT NULL, model_id INTEGER REFERENCES models(id), mode TEXT, status TEXT NOT NULL,
     compute_unit TEXT, storage_path TEXT, iterations INTEGER, warmups INTEGER,
     predicted_runtime_s REAL, runtime_s REAL, runtime_min_s REAL, runtime_max_s REAL,
-    compute_s REAL, pagein_s REAL, pageout_s REAL,
+    compute_s REAL, pagein_s REAL, pageout_s REAL, plain_runtime_s REAL,
     predicted_peak_bytes INTEGER, peak_memory_bytes INTEGER, fixed_bytes INTEGER,
     predicted_activation_peak_bytes INTEGER, activation_peak_bytes INTEGER,
     saved_state_peak_bytes INTEGER, process_peak_bytes INTEGER, process_base_bytes INTEGER,

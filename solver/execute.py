@@ -150,6 +150,7 @@ def run_record(prep: Prepared, result: dict[str, Any], profile: Any, agent_versi
         warmups=result.get("warmups"), predicted_runtime_s=rec.runtime_s,
         runtime_s=float(med(rt)), runtime_min_s=min(rt), runtime_max_s=max(rt),
         compute_s=m("compute_s"), pagein_s=m("pagein_s"), pageout_s=m("pageout_s"),
+        plain_runtime_s=m("plain_runtime_s"),
         predicted_peak_bytes=rec.peak_memory_bytes, peak_memory_bytes=fixed + act,
         fixed_bytes=fixed, predicted_activation_peak_bytes=pred.peak_memory_bytes - fixed,
         activation_peak_bytes=act,
@@ -245,7 +246,8 @@ def summary_lines(rec: RunRecord) -> list[str]:
         f"{'runtime':22}{fmt_seconds(rec.predicted_runtime_s):>12}  {fmt_seconds(rec.runtime_s):>12}"
         f"{pct(rec.runtime_s, rec.predicted_runtime_s)}",
         f"{'  compute / paging':22}{'':>12}  {fmt_seconds(rec.compute_s)} / "
-        f"{fmt_seconds((rec.pagein_s or 0) + (rec.pageout_s or 0))}",
+        f"{fmt_seconds((rec.pagein_s or 0) + (rec.pageout_s or 0))}; a plain iteration (no "
+        f"schedule) took {fmt_seconds(rec.plain_runtime_s)}",
         f"{'activation peak':22}{fmt_bytes(rec.predicted_activation_peak_bytes):>12}  "
         f"{fmt_bytes(rec.activation_peak_bytes):>12}"
         f"{pct(rec.activation_peak_bytes, rec.predicted_activation_peak_bytes)}",

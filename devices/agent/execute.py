@@ -199,8 +199,7 @@ class Model(object):
         sgd = program.get("sgd") or {}
         self.sgd = {"lr": float(sgd.get("lr", 0.01)), "momentum": float(sgd.get("momentum", 0.0)),
                     "weight_decay": float(sgd.get("weight_decay", 0.0))}
-        self.optimizers = dict((q, torch.optim.SGD([p], foreach=False, **self.sgd))
-                               for q, p in self.params.items())
+        self.optimizers = dict((q, _sgd(p, self.sgd)) for q, p in self.params.items())
 
     def snapshot(self):
         return ({q: p.detach().clone() for q, p in self.params.items()},
@@ -220,6 +219,14 @@ class Model(object):
 
     def param_bytes(self):
         return sum(p.numel() * p.element_size() for p in self.params.values())
+
+
+def _sgd(p, options):
+    """SGD on one tensor, the per-tensor loop (``foreach`` exists from torch 1.12 on)."""
+    try:
+        return torch.optim.SGD([p], foreach=False, **options)
+    except TypeError:
+        return torch.optim.SGD([p], **options)
 
 
 def _opt_state(opt):
@@ -950,7 +957,11 @@ def _one_iteration(model, plan, run_dir, device, tolerance, meter, warmup, audit
     # the reference: the same state, the same random state, a plain iteration
     model.restore(snap)
     torch.set_rng_state(rng)
+    _sync(device)
+    t0 = time.perf_counter()
     ref_grads = plain_iteration(model)
+    _sync(device)
+    plain_s = time.perf_counter() - t0
     ref_params = dict((q, p.detach()) for q, p in model.params.items())
     d_g, e_g = _compare(ref_grads, got_grads, "gradients", tolerance)
     d_p, e_p = _compare(ref_params, got_params, "updated parameters", tolerance)
@@ -962,7 +973,7 @@ def _one_iteration(model, plan, run_dir, device, tolerance, meter, warmup, audit
         for q, b in model.buffers.items():
             b.copy_(got_buffers[q])
     stats.update({
-        "warmup": warmup, "runtime_s": wall, "energy_j": energy,
+        "warmup": warmup, "runtime_s": wall, "plain_runtime_s": plain_s, "energy_j": energy,
         "energy_sensor": getattr(meter, "name", None) if meter is not None else None,
         "check": {"bit_exact": bool(e_g and e_p and e_b), "max_abs_diff": max(d_g, d_p, d_b),
                   "tolerance": tolerance,
