@@ -118,8 +118,11 @@ def modeled_energy(profile: Any, compute_s: float, pageouts: int, bytes_out: int
 
 
 def run_record(prep: Prepared, result: dict[str, Any], profile: Any, agent_version: str | None,
-               storage_path: str) -> RunRecord:
-    """The ``runs`` record of an agent's execute result (medians over the measured iterations)."""
+               storage_path: str, idle_power_w: float | None = None) -> RunRecord:
+    """The ``runs`` record of an agent's execute result (medians over the measured iterations).
+
+    Sensor energy is stored net of idle (gross minus ``idle_power_w`` x runtime, POET's and the
+    cost table's convention), the gross figure in ``extra``."""
     its = result["iterations"]
     if not its:
         raise CostdbError("the device returned no measured iteration")
@@ -135,8 +138,12 @@ def run_record(prep: Prepared, result: dict[str, Any], profile: Any, agent_versi
     inst, pred, rec = prep.instance, prep.prediction, prep.record
     p_out, p_in = _paged_bytes(inst, prep.schedule)
     sensor = [it.get("energy_j") for it in its]
+    gross = None
     if all(e is not None for e in sensor):
-        energy, eprov, esensor = float(med(sensor)), "measured", last.get("energy_sensor")
+        gross = float(med(sensor))
+        idle = idle_power_w or 0.0
+        energy = max(0.0, float(med([e - idle * it["runtime_s"] for e, it in zip(sensor, its)])))
+        eprov, esensor = "measured", last.get("energy_sensor")
     else:
         energy = modeled_energy(profile, m("compute_s"), last["pageouts"], last["bytes_out"],
                                 last["pageins"], last["bytes_in"])
@@ -175,7 +182,8 @@ def run_record(prep: Prepared, result: dict[str, Any], profile: Any, agent_versi
         extra={"io": last.get("io"), "disk_peak_bytes": last.get("disk_peak_bytes"),
                "run_dir_removed": result.get("run_dir_removed"), "python": result.get("python"),
                "predicted_runtime_now_s": pred.runtime_s, "predicted_energy_now_j": pred.energy_j,
-               "energy_note": None if eprov == "measured" else
+               "energy_gross_j": gross, "idle_power_w": idle_power_w if gross is not None else None,
+               "energy_note": "sensor energy minus idle power x runtime" if eprov == "measured" else
                "modeled: measured compute time x the profile's net active power + paging model"},
         started_at=result.get("started_at"))
 
@@ -206,15 +214,19 @@ def run_schedule(db_path: str, schedule_id: int, device: str, model: str | None 
     prep.request.update(storage_path=path or DEFAULT_STORAGE_PATH, create_storage=path is None,
                         device=unit, deterministic=unit == "cpu")
     started = now_iso()
+    def go(ag: Any) -> tuple[dict[str, Any], str | None, float | None]:
+        res = ag.run_schedule(prep.request)
+        idle = None
+        if any(it.get("energy_j") is not None for it in res["iterations"]):
+            idle = ag.idle_power_w(1.0)     # for net energy, as the cost table stores it
+        return res, _agent_version(ag), idle
     if agent is not None:
-        result = agent.run_schedule(prep.request)
-        version = _agent_version(agent)
+        result, version, idle = go(agent)
     else:
         with connect(entry) as ag:
-            result = ag.run_schedule(prep.request)
-            version = _agent_version(ag)
+            result, version, idle = go(ag)
     result = dict(result, started_at=started)
-    rec = run_record(prep, result, entry.profile, version, prep.request["storage_path"])
+    rec = run_record(prep, result, entry.profile, version, prep.request["storage_path"], idle)
     if not store:
         return rec
     with costdb.open(db_path, create=False) as db:

@@ -324,3 +324,22 @@ def test_report_shows_measured_beside_predicted(profiled_mlp, tmp_path):
     assert "Hollow: the solver&#39;s prediction" in html or "Hollow: the solver's prediction" in html
     assert html.count("<svg") >= 2 and f"#{sid}" in html
     assert rec.id == 1
+
+
+def test_sensor_energy_is_measured_net_of_idle(solved, tmp_path):
+    """With an energy sensor (a Jetson TX2 INA3221 tree, constant 4 W), the run's energy comes
+    from the sensor (provenance measured), net of the idle power the agent measures."""
+    from fake_boards import make_tx2_tree
+
+    from solver.execute import run_schedule
+    db, sid, inst, res = solved
+    root = tmp_path / "tx2"
+    make_tx2_tree(root, {"VDD_IN": 4000.0})
+    inv = tmp_path / "inv.toml"
+    inv.write_text(f'[devices.local]\nsysfs_root = "{root}"\n')
+    from devices.inventory import load
+    rec = run_schedule(str(db), sid, "local", inventory=load(inv, required=True), iterations=1,
+                       warmups=0, storage_path=str(tmp_path))
+    assert rec.energy_provenance == "measured" and rec.energy_sensor
+    assert rec.extra["energy_gross_j"] > 0 and rec.extra["idle_power_w"] > 0
+    assert rec.energy_j <= rec.extra["energy_gross_j"]
