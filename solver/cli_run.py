@@ -19,8 +19,11 @@ def _inventory(path):
 
 @click.command()
 @click.option("--device", required=True, help="Device to run on (catalog or inventory name).")
-@click.option("--schedule", "schedule_id", required=True, type=int,
+@click.option("--schedule", "schedule_id", type=int, default=None,
               help="Id of a stored schedule (costdb solve / pareto print it).")
+@click.option("--sweep", "sweep_id", type=int, default=None,
+              help="Run every Pareto point's schedule of this sweep instead (costdb pareto).")
+@click.option("--all-points", is_flag=True, help="With --sweep: every point, not only the Pareto ones.")
 @click.option("--model", default=None, help="Refuse unless the schedule is for this model.")
 @click.option("--batch", type=click.IntRange(min=1), default=None,
               help="Refuse unless the schedule is for this batch size.")
@@ -37,8 +40,8 @@ def _inventory(path):
 @click.option("--inventory", type=click.Path(dir_okay=False), default=None,
               help="Inventory TOML (default: $COSTDB_INVENTORY or ~/.config/costdb/inventory.toml).")
 @_db
-def run(device, schedule_id, model, batch, iterations, warmups, tolerance, storage_path, no_store,
-        inventory, db_path):
+def run(device, schedule_id, sweep_id, all_points, model, batch, iterations, warmups, tolerance,
+        storage_path, no_store, inventory, db_path):
     """Execute a solved rematerialization + paging schedule on the device, check it against a
     plain training iteration, and store predicted vs measured (runtime, peak memory, paged
     bytes, energy) in the runs table.
@@ -46,13 +49,22 @@ def run(device, schedule_id, model, batch, iterations, warmups, tolerance, stora
     \b
       costdb solve --device local --model resnet18 --memory 40MiB
       costdb run --device local --schedule 1
+      costdb run --device local --sweep 2      # every Pareto point of a sweep
     """
-    from solver.execute import run_schedule, summary_lines
-    rec = run_schedule(db_path, schedule_id, device, model=model, batch=batch,
-                       inventory=_inventory(inventory), iterations=iterations, warmups=warmups,
-                       tolerance=tolerance, store=not no_store, storage_path=storage_path)
-    for line in summary_lines(rec):
-        click.echo(line)
+    from costdb.errors import CostdbError
+    from solver.execute import run_schedule, summary_lines, sweep_schedules
+    if (schedule_id is None) == (sweep_id is None):
+        raise CostdbError("give either --schedule ID or --sweep ID")
+    ids = [schedule_id] if sweep_id is None else sweep_schedules(db_path, sweep_id, not all_points)
+    inv = _inventory(inventory)
+    for k, sid in enumerate(ids):
+        rec = run_schedule(db_path, sid, device, model=model, batch=batch, inventory=inv,
+                           iterations=iterations, warmups=warmups, tolerance=tolerance,
+                           store=not no_store, storage_path=storage_path)
+        if k:
+            click.echo("")
+        for line in summary_lines(rec):
+            click.echo(line)
 
 
 @click.command()

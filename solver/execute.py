@@ -234,6 +234,19 @@ def run_schedule(db_path: str, schedule_id: int, device: str, model: str | None 
     return replace(rec, id=rid)
 
 
+def sweep_schedules(db_path: str, sweep_id: int, pareto_only: bool = True) -> list[int]:
+    """Schedule ids of a stored sweep's points (its non-dominated ones by default)."""
+    import costdb
+    with costdb.open(db_path) as db:
+        db.sweep(sweep_id)
+        ids = [p.schedule_id for p in db.pareto_point_list(sweep_id=sweep_id)
+               if p.schedule_id is not None and (p.pareto or not pareto_only)]
+    if not ids:
+        raise CostdbError(f"sweep {sweep_id} has no {'Pareto ' if pareto_only else ''}point with "
+                          "a schedule; run costdb pareto first")
+    return list(dict.fromkeys(ids))
+
+
 def _agent_version(agent: Any) -> str | None:
     try:
         return agent.hello().get("agent_version")

@@ -374,3 +374,24 @@ def test_momentum_state_carries_over_iterations(tmp_path):
     res = _execute(prog, plan, tmp_path, iterations=2, warmups=1)
     assert len(res["iterations"]) == 2
     assert all(it["check"]["bit_exact"] and it["recomputes"] > 0 for it in res["iterations"])
+
+
+def test_costdb_run_a_whole_sweep(tmp_path, runner):
+    """`costdb run --sweep` executes every Pareto point's schedule of a `costdb pareto` sweep."""
+    from costdb.cli import cli
+    db = tmp_path / "s.db"
+    r = runner.invoke(cli, ["pareto", "--device", "local", "--model", "tinycnn", "--batch", "2",
+                            "--points", "2", "--mode", "paging", "--solver", "cbc", "--executor",
+                            "serial", "--db", str(db)])
+    assert r.exit_code == 0, r.output
+    with costdb.open(db) as d:
+        sweep = d.sweep_list()[0]
+        n = len({p.schedule_id for p in d.pareto_point_list(sweep_id=sweep.id)
+                 if p.pareto and p.schedule_id})
+    r = runner.invoke(cli, ["run", "--device", "local", "--sweep", str(sweep.id), "--db", str(db),
+                            "--iterations", "1", "--warmups", "0", "--storage-path", str(tmp_path)])
+    assert r.exit_code == 0, r.output
+    with costdb.open(db) as d:
+        assert len(d.run_list()) == n >= 1
+    r = runner.invoke(cli, ["run", "--device", "local", "--db", str(db)])
+    assert r.exit_code == 2 and "give either --schedule ID or --sweep ID" in r.output
