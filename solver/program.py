@@ -302,5 +302,12 @@ def build_plan(graph: TrainingGraph, sched: Schedule, granularity: str,
         plan_groups.append({"name": g["name"], "members": members, "outputs": outputs,
                             "deps": list(g["deps"]), "side_effects": "update" in phases,
                             "backward": bool(phases & {"bwd_data", "bwd_weight", "update"})})
+    for t, st in enumerate(sched.stages):
+        for k in st.compute:
+            if k != t and plan_groups[k]["backward"]:
+                raise CostdbError(f"the schedule recomputes backward node {plan_groups[k]['name']} "
+                                  f"in stage {t}; the executor runs every backward node once "
+                                  "(updates are not repeatable): solve without --compat, whose "
+                                  "published formulation allows it")
     return {"groups": plan_groups, "stages": [s.to_dict() for s in sched.stages],
             "compat": sched.compat, "overlap": sched.overlap, "granularity": granularity}

@@ -395,3 +395,60 @@ def test_costdb_run_a_whole_sweep(tmp_path, runner):
         assert len(d.run_list()) == n >= 1
     r = runner.invoke(cli, ["run", "--device", "local", "--db", str(db)])
     assert r.exit_code == 2 and "give either --schedule ID or --sweep ID" in r.output
+
+
+class _DropoutMLP(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.fc1 = torch.nn.Linear(32, 64)
+        self.act = torch.nn.ReLU()
+        self.drop = torch.nn.Dropout(0.5)
+        self.fc2 = torch.nn.Linear(64, 64)
+        self.act2 = torch.nn.ReLU()
+        self.fc3 = torch.nn.Linear(64, 10)
+
+    def forward(self, x):
+        return self.fc3(self.act2(self.fc2(self.drop(self.act(self.fc1(x))))))
+
+
+def _dropout_case():
+    from profiler.graph import build_graph
+    m = _DropoutMLP()
+    g = build_graph(m, (32,), 4, name="dropmlp")
+    prog = build_program(m, g)
+    inst = instance_from_graph(g, get_profile("local"))
+    # recompute every forward value in the backward: the dropout mask is drawn again
+    sched = chen_sqrt(inst, segments=1)
+    plan = build_plan(g, sched, "layer", [n.name for n in inst.nodes])
+    drop = next(n for n in prog["nodes"] if n["name"] == "drop:fwd")
+    recomputed = {i for s in sched.stages for i in s.compute[:-1]}
+    assert drop["random"] and any(plan["groups"][i]["name"] == "drop:fwd" for i in recomputed)
+    return prog, plan, drop
+
+
+def test_dropout_recomputation_reuses_the_random_state(tmp_path):
+    prog, plan, drop = _dropout_case()
+    it = _execute(prog, plan, tmp_path)["iterations"][0]
+    assert it["check"]["bit_exact"] and it["recomputes"] > 0
+
+
+def test_a_result_that_differs_from_the_plain_iteration_is_an_error(tmp_path):
+    """Without restoring the random state, the recomputed dropout mask differs: the check must
+    catch it (this is what guards every stored run)."""
+    prog, plan, drop = _dropout_case()
+    drop["random"] = False
+    with pytest.raises(E.ExecutionError, match="differ from the plain iteration"):
+        _execute(prog, plan, tmp_path)
+    assert os.listdir(tmp_path) == []
+
+
+def test_backward_recomputation_is_refused_before_anything_runs():
+    from solver.schedule import Schedule, Stage
+    mi, g, prog, inst = _setup("mlp")
+    sched = checkpoint_all(inst)
+    bwd = next(i for i, n in enumerate(inst.nodes) if n.is_backward)
+    st = list(sched.stages)
+    last = st[-1]
+    st[-1] = Stage(tuple(sorted(set(last.compute) | {bwd})), last.keep, last.pagein, last.pageout)
+    with pytest.raises(CostdbError, match=f"recomputes backward node {inst.nodes[bwd].name}"):
+        build_plan(g, Schedule(tuple(st)), "layer", [n.name for n in inst.nodes])
