@@ -63,11 +63,14 @@ def test_scheduled_iteration_equals_plain_iteration(model, kind, tmp_path):
     # alive in the process (a tape, a leaf, a view) escapes the ledger
     sim = simulate(inst, sched)
     assert it["activation_peak_bytes"] <= sim.peak_memory_bytes - inst.fixed_bytes
-    if model != "bert-tiny":
-        # stage by stage, the bytes held are exactly the simulator's (BERT-tiny: the graph counts
-        # the gradient of the [CLS] slice at the slice's size, autograd materialises the full
-        # sequence; docs/execute.md)
-        assert it["stage_peaks"] == [p - inst.fixed_bytes for p in sim.stage_peaks]
+    # stage by stage, the bytes held are the simulator's; exactly, except where autograd passes
+    # a gradient through without a copy (an add's two input gradients alias the output
+    # gradient: BERT-tiny's residual adds), which the graph counts as new memory
+    pred = [p - inst.fixed_bytes for p in sim.stage_peaks]
+    if model == "bert-tiny":
+        assert all(m <= p for m, p in zip(it["stage_peaks"], pred))
+    else:
+        assert it["stage_peaks"] == pred
     assert it["audit_excess_bytes"] == 0
     assert res["run_dir_removed"] and os.listdir(tmp_path) == []
 
