@@ -28,9 +28,9 @@ from costdb.errors import CostdbError
 from costdb.graph import Node, TrainingGraph
 from costdb.settings import IDENTITY, SettingsRecord, describe, differing
 from costdb.records import (DONE_STATUSES, KINDS, DeviceRecord, IterationRecord, Measurement,
-                            ModelRecord, OpRecord, ParetoPointRecord, ScheduleRecord,
-                            SessionRecord, SweepRecord, from_row, now_iso, shape_label,
-                            to_row)
+                            ModelRecord, OpRecord, ParetoPointRecord, RunRecord, ScheduleRecord,
+                            SessionRecord, StorageProfileRecord, SweepRecord, from_row, now_iso,
+                            shape_label, to_row)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -1001,6 +1001,50 @@ class Database:
                           model_id: int | None = None) -> list[ParetoPointRecord]:
         return [from_row(ParetoPointRecord, r) for r in self._select(
             "pareto_points", device=device, model_id=model_id, sweep_id=sweep_id)]
+
+    # --- executed schedules ------------------------------------------------------------------------
+
+    def add_run(self, rec: RunRecord) -> int:
+        """Store one executed schedule (its check passed: RunRecord refuses anything else)."""
+        self.schedule(rec.schedule_id)          # a clear error for an unknown schedule
+        with self.conn:
+            return self._insert("runs", to_row(rec))
+
+    def run(self, run_id: int) -> RunRecord:
+        rows = self._rows("SELECT * FROM runs WHERE id = ?", (run_id,))
+        if not rows:
+            raise CostdbError(f"run {run_id} is not in {self.path}; list them with 'costdb runs'")
+        return from_row(RunRecord, rows[0])
+
+    def run_list(self, device: str | None = None, schedule_id: int | None = None,
+                 model_id: int | None = None) -> list[RunRecord]:
+        return [from_row(RunRecord, r) for r in self._select(
+            "runs", device=device, schedule_id=schedule_id, model_id=model_id)]
+
+    def runs(self, device: str | None = None) -> "pd.DataFrame":
+        """Executed schedules, predicted beside measured, with the schedule's budget, mode and
+        sweep (one row per run)."""
+        sql = ("SELECT r.*, s.sweep_id, s.deadline_s, s.granularity, m.key AS model "
+               "FROM runs r JOIN schedules s ON s.id = r.schedule_id "
+               "LEFT JOIN models m ON m.id = r.model_id")
+        args: tuple = ()
+        if device:
+            sql, args = sql + " WHERE r.device = ?", (device,)
+        return self._frame(sql + " ORDER BY r.id", args)
+
+    def add_storage_profile(self, rec: StorageProfileRecord) -> int:
+        with self.conn:
+            return self._insert("storage_profiles", to_row(rec))
+
+    def storage_profile_list(self, device: str | None = None) -> list[StorageProfileRecord]:
+        return [from_row(StorageProfileRecord, r) for r in self._select("storage_profiles",
+                                                                        device=device)]
+
+    def storage_profiles(self, device: str | None = None) -> "pd.DataFrame":
+        sql, args = "SELECT * FROM storage_profiles", ()
+        if device:
+            sql, args = sql + " WHERE device = ?", (device,)
+        return self._frame(sql + " ORDER BY id", args)
 
     def _select(self, table: str, **eq: Any) -> list[dict[str, Any]]:
         where = [(k, v) for k, v in eq.items() if v is not None]

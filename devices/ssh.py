@@ -927,6 +927,29 @@ class SshAgent:
                     "error": f"the agent died twice {what} ({e}); out of memory?",
                     "runtime_provenance": self.runtime_provenance}
 
+    def run_schedule(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Run a schedule on the device (agent ``execute``, docs/protocol.md). Not retried: a
+        half-run iteration is not resumable, and the device removes its run directory."""
+        timeout = float(request.get("timeout") or max(self.target.timeout, 600.0))
+        req = {"cmd": "execute", **request, "device": request.get("device") or self.compute_unit}
+        try:
+            return self._request(req, timeout, "executing the schedule")["result"]
+        except RequestTimeout:
+            self._kill_agent()
+            raise CostdbError(f"device {self.device!r}: the schedule did not finish within "
+                              f"{timeout:g} s; raise timeout = in the inventory") from None
+        except (AgentDied, LinkLost) as e:
+            raise CostdbError(f"device {self.device!r}: the agent stopped while executing the "
+                              f"schedule ({_one_line(str(e), 120)}); out of memory?") from None
+
+    def storage(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Measure the paging speed of the device's storage path (agent ``storage``)."""
+        timeout = float(request.get("timeout") or max(self.target.timeout, 300.0))
+        try:
+            return self._call({"cmd": "storage", **request}, timeout, "measuring storage")["result"]
+        except (AgentDied, RequestTimeout) as e:
+            raise CostdbError(f"device {self.device!r}: measuring storage failed ({e})") from None
+
     def _reconnect_or_restart(self) -> None:
         if self.session.active():
             self.agent_restarts += 1

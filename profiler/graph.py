@@ -412,7 +412,13 @@ def build_graph(module: nn.Module, input_shape: Shape, batch: int = 8, name: str
                 deps += [fwd_idx[v.producer] for v in op.inputs if v.producer is not None]
             if "out" in saved:
                 deps.append(fwd_idx[i])
-            grad_bytes = sum(_nbytes(op.input_shapes[j], dtype) for j in needs)
+            # the gradient reaching a producer has the producer's shape, whatever view sits in
+            # between (a slice's backward writes into zeros of the full tensor); one per producer
+            first_input = {}
+            for j in needs:
+                first_input.setdefault(op.inputs[j].producer, j)
+            grad_bytes = sum(_nbytes(op.input_shapes[j] if p is None else fwd_ops[p].output_shape, dtype)
+                             for p, j in first_input.items())
             b = add(f"{op.name}:bwd_data", op.layer, op.op, "bwd_data", deps, op.input_shapes,
                     op.input_shapes[needs[0]], op.params, op.attrs, grad_inputs=needs,
                     out_bytes=grad_bytes, fwd_output=op.output_shape)

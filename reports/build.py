@@ -542,7 +542,29 @@ def _solver_section(db: costdb.Database, device: str, key: str, name: str, model
             [dict(p, x=p["budget"], y=p["energy_j"]) for p in pts_mem], "x", "y",
             "memory budget (MiB)", "energy per iteration (J)", "Energy vs memory budget",
             xscale=1 / 2**20, chosen=({"x": ch["budget"], "y": ch["energy_j"]} if ch else None))
+    _runs_section(db, device, model_id, sec)
     return sec
+
+
+def _runs_section(db: costdb.Database, device: str, model_id: int, sec: dict[str, Any]) -> None:
+    """Executed schedules (``costdb run``): predicted vs measured beside the Pareto front."""
+    recs = db.run_list(device=device, model_id=model_id)
+    sec["runs"] = [{"id": r.id, "schedule": r.schedule_id, "mode": r.mode, "budget": r.budget_bytes,
+                    "pred_runtime": r.predicted_runtime_s, "runtime": r.runtime_s,
+                    "pred_act": r.predicted_activation_peak_bytes, "act": r.activation_peak_bytes,
+                    "pred_out": r.predicted_pageout_bytes, "out": r.pageout_bytes,
+                    "pred_energy": r.predicted_energy_j, "energy": r.energy_j,
+                    "energy_prov": r.energy_provenance, "bit_exact": r.bit_exact} for r in recs]
+    sec["fig_runs"] = None
+    if recs:
+        front = [{"x": p.runtime_s, "y": p.energy_j} for p in
+                 db.pareto_point_list(device=device, model_id=model_id)
+                 if p.pareto and p.mode == "integrated" and not p.baseline]
+        sec["fig_runs"] = figures.executed_runs(
+            front, [{"pred_x": r.predicted_runtime_s, "pred_y": r.predicted_energy_j,
+                     "x": r.runtime_s, "y": r.energy_j, "label": f"#{r.schedule_id}"} for r in recs],
+            "Executed schedules: predicted vs measured")
+        sec["runs_prov"] = _provenances(r.energy_provenance for r in recs)
 
 
 # --- comparison ---------------------------------------------------------------------------------------

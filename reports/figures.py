@@ -254,3 +254,39 @@ def schedule_grid(states: Sequence[Sequence[str]], node_labels: Sequence[str], t
                                  label=s.replace("_", "-")) for s in used],
                   fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
     return _svg(fig)
+
+
+def executed_runs(front: Iterable[dict], runs: Sequence[dict], title: str) -> str | None:
+    """Predicted (hollow) vs measured (filled) energy and runtime of executed schedules (``costdb
+    run``), an arrow from each prediction to its measurement, beside the integrated Pareto front.
+
+    ``front``: {x, y} sweep points (runtime s, energy J); ``runs``: {pred_x, pred_y, x, y, label}.
+    """
+    rs = [r for r in runs if None not in (r.get("pred_x"), r.get("pred_y"), r.get("x"), r.get("y"))]
+    if not rs:
+        return None
+    with matplotlib.rc_context(_RC):
+        fig, ax = _figure(5.6, 3.6)
+        fp = sorted((p for p in front if p.get("x") is not None and p.get("y") is not None),
+                    key=lambda p: p["x"])
+        if fp:
+            ax.step([p["x"] for p in fp], [p["y"] for p in fp], where="post", color="#2b8cbe",
+                    lw=1.0, alpha=0.5, label="integrated front (predicted)")
+        for r in rs:
+            ax.annotate("", (r["x"], r["y"]), (r["pred_x"], r["pred_y"]),
+                        arrowprops={"arrowstyle": "->", "color": "#636363", "lw": 0.8})
+        ax.scatter([r["pred_x"] for r in rs], [r["pred_y"] for r in rs], s=36, facecolors="none",
+                   edgecolors="#e6550d", label="predicted (solver)")
+        ax.scatter([r["x"] for r in rs], [r["y"] for r in rs], s=36, color="#31a354",
+                   label="measured (costdb run)")
+        for r in rs:
+            ax.annotate(r.get("label", ""), (r["x"], r["y"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("iteration runtime (s)")
+        ax.set_ylabel("energy per iteration (J)")
+        ax.set_title(title, loc="left")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, frameon=False)
+    return _svg(fig)
