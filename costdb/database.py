@@ -22,7 +22,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from costdb import schema
-from costdb.errors import CostdbError
+from costdb.errors import CostdbError, did_you_mean
 from costdb.graph import Node, TrainingGraph
 from costdb.settings import IDENTITY, SettingsRecord, describe, differing
 from costdb.records import (DONE_STATUSES, KINDS, DeviceRecord, IterationRecord, Measurement,
@@ -260,6 +260,7 @@ class Database:
         if rec is None:
             known = [d.name for d in self.device_list()]
             raise CostdbError(f"device {device!r} has no data in {self.path}"
+                              + did_you_mean(device, known)
                               + (f"; devices with data: {', '.join(known)}" if known else ""))
         return rec
 
@@ -328,7 +329,9 @@ class Database:
         rows = self.conn.execute(sql + " ORDER BY id", args).fetchall()
         if not rows:
             known = [r[0] for r in self.conn.execute("SELECT key FROM models ORDER BY id")]
+            names = {r[0] for r in self.conn.execute("SELECT name FROM models")}
             raise CostdbError(f"model {model!r} is not in {self.path}"
+                              + did_you_mean(model, sorted(names) + known)
                               + (f"; stored models: {', '.join(known)}" if known
                                  else "; run 'costdb profile --model ...' first"))
         if len(rows) > 1:
@@ -733,6 +736,31 @@ class Database:
         return [r[0] for r in self.conn.execute(
             "SELECT DISTINCT g.model_id FROM graph_nodes g JOIN current_measurements m"
             " ON m.signature = g.signature AND m.device = ? ORDER BY g.model_id", (device,))]
+
+    def devices_with_data(self) -> list[str]:
+        """Every device the file holds anything for: a device record (it was profiled), or
+        schedules, sweeps or Pareto points (it was only solved for, from catalog figures)."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT name FROM devices UNION SELECT device FROM schedules WHERE device IS NOT NULL"
+            " UNION SELECT device FROM sweeps WHERE device IS NOT NULL"
+            " UNION SELECT device FROM pareto_points WHERE device IS NOT NULL ORDER BY 1")]
+
+    def models_with_data(self, device: str) -> list[int]:
+        """Ids of the models with measurements, schedules, sweeps or Pareto points on
+        ``device`` (what a report of the device covers)."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT g.model_id FROM graph_nodes g JOIN current_measurements m"
+            " ON m.signature = g.signature AND m.device = ?"
+            " UNION SELECT model_id FROM schedules WHERE device = ? AND model_id IS NOT NULL"
+            " UNION SELECT model_id FROM sweeps WHERE device = ? AND model_id IS NOT NULL"
+            " UNION SELECT model_id FROM pareto_points WHERE device = ? AND model_id IS NOT NULL"
+            " ORDER BY 1", (device,) * 4)]
+
+    def node_costs_unmeasured(self, model: str | int) -> "pd.DataFrame":
+        """The columns of a cost table (``costs``) for a device that was never profiled: every
+        node of ``model``, costs NaN, status None."""
+        mid = self.resolve_model(model)
+        return self._cost_frame("", mid, None, KINDS[0])
 
     def provenance_counts(self, device: str) -> dict[str, dict[str, int]]:
         """How many current measurements (and iterations) of ``device`` have each provenance:
