@@ -578,8 +578,10 @@ class Database:
                          session: int | None = None) -> int | None:
         """The one settings id a cost table of ``model`` on ``device`` is built from.
 
-        ``settings``: None (the only fingerprint the model's measurements have; refused with a
-        one-line CostdbError naming the differing settings when there are several), ``"latest"``
+        ``settings``: None (the only fingerprint the model's measurements have, or the only one
+        that covers all of the model's ops when others cover a few ops it shares with other
+        models; refused with a one-line CostdbError naming the differing settings when several
+        remain), ``"latest"``
         (the settings of the newest measurement), an id or a fingerprint (prefix). ``session``
         restricts the choice to that session's measurements.
         """
@@ -616,6 +618,13 @@ class Database:
             return rec.id
         if len(ids) <= 1:
             return ids[0] if ids else None
+        if m is not None and session is None:
+            # ops shared with another model (an SGD update of a bias of the same shape) may
+            # have been measured under that model's settings: one fingerprint that covers every
+            # op of this model is the unambiguous choice, the partial ones are not a conflict
+            complete = [i for i in ids if n_ops[i] >= (m.n_signatures or 0) > 0]
+            if len(complete) == 1:
+                return complete[0]
         recs = [self.get_settings(i) if i is not None else SettingsRecord() for i in ids]
         diff = differing(recs)
         listed = "; ".join(f"#{i if i is not None else '?'} {describe(r, diff)}, " +
@@ -867,15 +876,19 @@ class Database:
     def resolve_kind(self, device: str, model: str | int, kind: str = AUTO,
                      settings: int | str | None = None, session: int | None = None) -> str:
         """The measurement kind a cost table uses. ``auto``: ``in_context`` when the model has
-        in-context measurements on ``device`` (under ``settings`` when it names one, in
-        ``session`` when given), else ``isolated``."""
+        in-context measurements on ``device`` traced in the model itself (under ``settings``
+        when it names one, in ``session`` when given), else ``isolated``. An op another model
+        shares (an SGD update of the same bias shape) and that was traced there does not make a
+        model in-context: its table would be one node in-context and the rest unmeasured."""
         if kind not in ESTIMATES:
             raise CostdbError(f"unknown estimate {kind!r}; use {', '.join(ESTIMATES)}")
         if kind != AUTO:
             return kind
+        mid = self.resolve_model(model)
         where = ["m.device = ?", "m.kind = 'in_context'", "m.status = 'ok'",
-                 "m.signature IN (SELECT signature FROM graph_nodes WHERE model_id = ?)"]
-        args: list[Any] = [device, self.resolve_model(model)]
+                 "m.signature IN (SELECT signature FROM graph_nodes WHERE model_id = ?)",
+                 "m.session_id IN (SELECT id FROM sessions WHERE model_id = ?)"]
+        args: list[Any] = [device, mid, mid]
         if settings is not None and str(settings).strip().lower() != LATEST:
             where.append("m.settings_id = ?")
             args.append(self.get_settings(settings).id)

@@ -200,8 +200,12 @@ def _session_rows(sessions: list[SessionRecord], model_keys: dict[int, str]) -> 
             environment.append(f"threads {env.get('threads') or f.get('threads')}")
         if r.host:
             environment.append(f"host {r.host}")
+        summary = ", ".join(x for x in (
+            f"torch {f['torch']}" if f.get("torch") else "",
+            f"{env.get('threads') or f.get('threads')} threads" if env.get("threads") or f.get("threads") else "",
+            f"#{r.settings_id}" if r.settings_id is not None else "") if x) or "details"
         rows.append({
-            "id": r.id, "status": r.status or "", "started": r.started_at or "",
+            "id": r.id, "status": r.status or "", "started": r.started_at or "", "summary": summary,
             "ended": r.ended_at or "",
             "model": model_keys.get(r.model_id, str(r.model_id)) if r.model_id is not None else "-",
             "planned": "-" if r.planned is None else r.planned,
@@ -316,7 +320,9 @@ def _top_chart(rows: list[dict[str, Any]], key: str, fmt, title: str) -> str | N
         return None
     labels = [_op_label(r["op"], r["phase"], r["shapes"]) for r in ranked]
     colors = [figures.PHASE_COLORS.get(r["phase"], "#888") for r in ranked]
-    return figures.top_bars(labels, [r[key] for r in ranked], fmt, title, colors)
+    used = {r["phase"] for r in ranked}
+    legend = {p: c for p, c in figures.PHASE_COLORS.items() if p in used}
+    return figures.top_bars(labels, [r[key] for r in ranked], fmt, title, colors, legend=legend)
 
 
 def _phase_table(df: pd.DataFrame) -> list[dict[str, Any]]:

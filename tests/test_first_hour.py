@@ -184,3 +184,20 @@ def test_mcu_report_shows_the_board_facts_of_its_session(tmp_path):
     assert "clock" in card and "arena" in card
     # whole iterations cannot run there: the report says so instead of offering a command
     assert "Whole-iteration timing runs on the local device only" in html
+
+
+def test_ops_shared_with_a_model_profiled_under_other_settings_do_not_block_its_costs(tmp_path):
+    """mlp-784 at 1 thread, mlp-100 at 2 threads: they share every op but the first layer's, so
+    each model has a few ops under the other's fingerprint. Each table uses the one fingerprint
+    that covers all its ops; a model with two complete fingerprints is still refused."""
+    db = str(tmp_path / "shared.db")
+    costdb.profile(db, model="mlp", batch=2, threads=1, settings=FAST)
+    costdb.profile(db, model="mlp", batch=2, input_shape=(100,), threads=2, settings=FAST)
+    with costdb.open(db, readonly=True) as d:
+        a = d.costs("local", "mlp[batch=2,input=784,dtype=float32]")
+        b = d.costs("local", "mlp[batch=2,input=100,dtype=float32]")
+        assert d.get_settings(a.attrs["settings_id"]).threads == 1 and a["status"].eq("ok").all()
+        assert d.get_settings(b.attrs["settings_id"]).threads == 2 and b["status"].eq("ok").all()
+    costdb.profile(db, model="mlp", batch=2, threads=2, settings=FAST)
+    with costdb.open(db, readonly=True) as d, pytest.raises(costdb.CostdbError, match="2 different"):
+        d.costs("local", "mlp[batch=2,input=784,dtype=float32]")
