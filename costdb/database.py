@@ -755,11 +755,13 @@ class Database:
             " UNION SELECT device FROM pareto_points WHERE device IS NOT NULL ORDER BY 1")]
 
     def models_with_data(self, device: str) -> list[int]:
-        """Ids of the models with measurements, schedules, sweeps or Pareto points on
-        ``device`` (what a report of the device covers)."""
+        """Ids of the models profiled on ``device`` (a session of the model measured something
+        there) or with schedules, sweeps or Pareto points on it: what a report of the device
+        covers. A model that merely shares an op with a profiled one (an SGD update of a bias
+        of the same shape) is not listed."""
         return [r[0] for r in self.conn.execute(
-            "SELECT g.model_id FROM graph_nodes g JOIN current_measurements m"
-            " ON m.signature = g.signature AND m.device = ?"
+            "SELECT s.model_id FROM sessions s WHERE s.device = ? AND s.model_id IS NOT NULL"
+            " AND EXISTS (SELECT 1 FROM measurements m WHERE m.session_id = s.id)"
             " UNION SELECT model_id FROM schedules WHERE device = ? AND model_id IS NOT NULL"
             " UNION SELECT model_id FROM sweeps WHERE device = ? AND model_id IS NOT NULL"
             " UNION SELECT model_id FROM pareto_points WHERE device = ? AND model_id IS NOT NULL"

@@ -110,6 +110,17 @@ def _catalog_device(device: str) -> DeviceRecord:
                         profile=p.to_dict())
 
 
+def _fact(key: str, value: Any) -> tuple[str, str]:
+    """A reported fact as a (label, text) row: units from the key's suffix (``clock_hz``,
+    ``ram_bytes``), so a firmware's facts read like the host's."""
+    label = key.replace("_", " ")
+    if isinstance(value, (int, float)) and key.endswith("_hz"):
+        return label[:-3], f"{value / 1e6:.4g} MHz"
+    if isinstance(value, (int, float)) and key.endswith("_bytes"):
+        return label[:-6], fmt_bytes(value)
+    return label, str(value)
+
+
 def _device_facts(db: costdb.Database, device: str,
                   sessions: list[SessionRecord]) -> dict[str, Any]:
     dev = db.device(device) or _catalog_device(device)
@@ -170,7 +181,7 @@ def _device_facts(db: costdb.Database, device: str,
             for k, v in sorted(f.items()):
                 if isinstance(v, (str, int, float)) and not isinstance(v, bool) and str(v) \
                         and k not in shown and len(observed) < 14:
-                    observed.append((k.replace("_", " "), str(v)))
+                    observed.append(_fact(k, v))
     return {"facts": facts, "catalog": catalog, "sources": sources, "observed": observed,
             "latest_session": latest, "profiled": db.device(device) is not None,
             "transport": transport or "",
@@ -293,7 +304,7 @@ def _distinct_html(rows: list[dict[str, Any]]) -> Markup:
     for r in rows:
         out.append(
             f'<tr{_UNSTABLE if r["unstable"] else ""}><td>{escape(r["op"])}</td>'
-            f'<td>{escape(r["phase"])}</td><td>{escape(r["shapes"])}</td><td class="n">{r["uses"]}</td>'
+            f'<td>{escape(r["phase"])}</td><td class="wrap">{escape(r["shapes"])}</td><td class="n">{r["uses"]}</td>'
             f'{_ncell(r["rt"], fmt_seconds)}{_ncell(r["sd"], fmt_seconds)}{_ncell(r["iqr"], fmt_seconds)}'
             f'{_ncell(r["cv"], _pct)}<td class="n">{"-" if r["samples"] is None else int(r["samples"])}</td>'
             f'{_ncell(r["mem"], fmt_bytes)}{_ncell(r["en"], fmt_joules)}'
@@ -602,7 +613,7 @@ def _solver_section(db: costdb.Database, device: str, key: str, name: str, model
 
 def _comparison(db: costdb.Database, model_id: int, key: str, name: str,
                 db_hint: str, settings: Any = None, kind: str = "auto") -> dict[str, Any] | None:
-    devs = db.measured_devices(model_id)
+    devs = [d for d in db.measured_devices(model_id) if model_id in db.models_with_data(d)]
     if len(devs) < 2:
         return None
     rows = []

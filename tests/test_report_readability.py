@@ -142,6 +142,11 @@ def test_report_is_readable(reports, browser, name):
         contrast = page.evaluate(CONTRAST_JS)
         assert contrast["n"] > 100
         assert not contrast["bad"], f"texts below WCAG AA contrast: {contrast['bad'][:10]}"
+        # the check itself: the old header (light grey database name on a light chip) fails it
+        page.evaluate("() => { const c = document.querySelector('header.top code');"
+                      " c.style.background = '#eef1f4'; c.style.color = '#c9d6e6'; }")
+        bad = page.evaluate(CONTRAST_JS)["bad"]
+        assert len(bad) == 1 and "(1.30, rgb(201, 214, 230))" in bad[0], bad
     finally:
         page.close()
 
