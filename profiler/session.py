@@ -136,7 +136,7 @@ def _in_context_step(db: Database, device: str, session_id: int, settings_id: in
     """
     from profiler.incontext import profile_in_context
     from profiler.iteration import model_trainer
-    iterations = int(settings.get("in_context_iterations", 15))
+    iterations = int(settings.get("in_context_iterations", 40))
     tr = model_trainer(model, graph.batch, graph.input_shape, dtype=graph.dtype)
     if tr.graph.key != graph.key or tr.graph.signatures() != graph.signatures():
         raise CostdbError(f"the model built for in-context profiling ({tr.graph.key}) does not "
@@ -157,10 +157,10 @@ def _in_context_step(db: Database, device: str, session_id: int, settings_id: in
     records = []
     for sig, f in res.signature_figures().items():
         stats = f["runtime"]
-        r = {"signature": sig, "status": "ok", "runtime": stats, "inner_loops": 1,
+        r = {"signature": sig, "status": "ok", "runtime": stats, "inner_loops": res.block,
              "unstable": f["unstable"], "remeasured": res.settings["remeasured"],
              "runtime_provenance": "measured",
-             "raw": {"values": f["values"], "inner_loops": 1},
+             "raw": {"values": f["values"], "inner_loops": res.block},
              "occurrences": f["occurrences"], "events_per_call": f["events_per_call"],
              "node_cv_max": f["node_cv_max"]}
         if sig in memory:  # not measured in context: the isolated call's, said so
@@ -177,7 +177,10 @@ def _in_context_step(db: Database, device: str, session_id: int, settings_id: in
                "unattributed_share": coverage["unattributed_share"],
                "unattributed": res.unattributed_detail,
                "overhead_removed_share": coverage["overhead_share"],
-               "overhead": res.overhead.to_dict(), "predicted": res.phases(),
+               "correction": res.settings["correction"], "block": res.block,
+               "overhead": res.settings["overhead"],
+               "in_situ_cost_per_event_s": res.settings["in_situ_cost_per_event_s"],
+               "plain_phase_s": res.settings["plain_phase_s"], "predicted": res.phases(),
                "events_per_iteration": sum(res.events.values()),
                "by_kind_s": res.kinds}
     return summary

@@ -225,7 +225,7 @@ def print_iteration_check(db_path: str, device: str, model_key: str, con: Any) -
               help="Also run real training iterations under torch.profiler and store each op's "
                    "in-context cost, the default estimate (docs/usage.md). Default: where "
                    "possible (the local device); --in-context warns where it is not.")
-@click.option("--iterations", "in_context_iterations", type=click.IntRange(min=3), default=15,
+@click.option("--iterations", "in_context_iterations", type=click.IntRange(min=3), default=40,
               show_default=True, help="Profiled training iterations of the in-context step.")
 @click.option("--iteration/--no-iteration", default=None,
               help="Also time whole training iterations, independently, to check the cost model. "
