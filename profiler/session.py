@@ -81,8 +81,16 @@ def noise_warnings(facts: dict[str, Any]) -> list[str]:
     load = facts.get("loadavg")
     cores = facts.get("cores") or 1
     if load and load[0] > BUSY_LOAD_PER_CORE * cores:
-        out.append(f"the machine is busy (load average {load[0]:.2f} on {cores} cores): "
-                   "timings may be noisy; stop other work or pin with --cpus")
+        threads = facts.get("threads")
+        if isinstance(threads, int) and threads > 1:
+            out.append(f"the machine is busy (load average {load[0]:.2f} on {cores} cores) and "
+                       f"torch runs {threads} intra-op threads: each op waits for threads the "
+                       "other load deschedules, so timings turn into noise (10-300x slower at 2 "
+                       "threads on a loaded 2-core VM); profile with --threads 1 or stop the "
+                       "other work (pinning with --cpus does not help)")
+        else:
+            out.append(f"the machine is busy (load average {load[0]:.2f} on {cores} cores): "
+                       "timings may be noisy; stop the other work for the closest figures")
     thr = facts.get("throttled")
     if isinstance(thr, dict) and thr.get("throttled_now"):
         out.append(f"the device reports throttling now ({thr.get('raw')}): cool it down first")
@@ -240,7 +248,7 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
             batch: int | None = None, input_shape: tuple[int, ...] | None = None,
             dtype: str = "float32", force: bool = False, cpus: list[int] | None = None,
             threads: int | None = None, settings: dict[str, Any] | None = None,
-            inventory: Inventory | str | None = None, iteration: bool = False,
+            inventory: Inventory | str | None = None, iteration: bool | None = False,
             in_context: bool | None = False, progress: Callable[..., Any] | None = None,
             on_warning: Callable[[str], None] | None = None,
             connect_options: dict[str, Any] | None = None,
@@ -266,6 +274,15 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
         raise CostdbError(f"int8 training graphs are measured by the Cortex-M firmware only "
                           f"(serial devices); {device} is a {entry.transport} device: use "
                           f"--dtype float32")
+    iteration_possible = entry.transport == "local" and not isinstance(model, TrainingGraph)
+    if iteration and not iteration_possible:
+        raise CostdbError(
+            f"--iteration times whole training iterations on this host (the local device, a zoo "
+            f"or file model); " + (f"{device} is reached over {entry.transport}, its agent measures "
+                                   "single ops" if entry.transport != "local" else
+                                   "a stored graph has no module to train")
+            + "; drop --iteration (the default measures iterations where it can)")
+    iteration = iteration_possible if iteration is None else iteration
     preflight(Path(db_path), create=True)
     graph = model if isinstance(model, TrainingGraph) else model_graph(model, batch, input_shape,
                                                                       dtype=dtype)
@@ -349,7 +366,7 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
                     result.in_context = _in_context_step(db, device, sid, settings_id, model_id,
                                                          model, graph, settings, entry.profile,
                                                          emit)
-                if iteration and entry.transport == "local" and not isinstance(model, TrainingGraph):
+                if iteration:
                     from profiler.iteration import measure_iteration
                     emit("iteration", device=device)
                     it = measure_iteration(model, batch, input_shape, dtype=dtype)
