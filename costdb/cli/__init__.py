@@ -12,6 +12,7 @@ loads click and nothing heavy (no pandas, torch, solver or rich).
     history.py   costdb sessions | settings
     fleet.py     costdb compare | merge
     report.py    costdb report
+    board.py     costdb board build | start | stop | status (emulated SSH boards)
     (solver/cli_commands.py: costdb solve | pareto)
 """
 from __future__ import annotations
@@ -56,9 +57,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from costdb.cli import catalog, fleet, history, profile, read, report
+    from costdb.cli import board, catalog, fleet, history, profile, read, report
     from solver.cli_commands import pareto, solve
-    for mod in (profile, read, catalog, history, report, fleet):
+    for mod in (profile, read, catalog, history, report, fleet, board):
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
     cli.add_command(solve, "solve")
