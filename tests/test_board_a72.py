@@ -128,6 +128,26 @@ def test_board_without_image_names_the_build_command(tmp_path, monkeypatch):
     assert r.exit_code == 2 and "no image" in r.output
 
 
+def test_guest_requirements_are_those_of_aarch64_linux(tmp_path):
+    """pip evaluates markers for the host even under --platform; the builder evaluates them for
+    the board: x86-only CUDA wheels stay out, Linux-wide ones and plain ones stay in."""
+    import zipfile
+    from devices.emulated.image import guest_requirements
+    wheel = tmp_path / "torch-9.9.9-cp311-cp311-manylinux_2_28_aarch64.whl"
+    with zipfile.ZipFile(wheel, "w") as zf:
+        zf.writestr("torch-9.9.9.dist-info/METADATA", "\n".join([
+            "Metadata-Version: 2.1", "Name: torch", "Version: 9.9.9",
+            "Requires-Dist: filelock",
+            "Requires-Dist: sympy>=1.13.3",
+            "Requires-Dist: setuptools; python_version >= \"3.12\"",
+            "Requires-Dist: nvidia-cudnn-cu12==9.1; platform_system == \"Linux\" and "
+            "platform_machine == \"x86_64\"",
+            "Requires-Dist: triton==3.6.0; platform_system == \"Linux\"",
+            "Requires-Dist: pyyaml; extra == \"pyyaml\"", ""]))
+    assert guest_requirements(wheel, "3.11") == ["filelock", "sympy>=1.13.3", "triton==3.6.0"]
+    assert "setuptools" in guest_requirements(wheel, "3.12")
+
+
 def test_board_memory_outside_2_to_4_gib_is_refused():
     from devices.emulated.vm import parse_memory
     assert parse_memory("2G") == 2048 and parse_memory("3072M") == 3072 and parse_memory(4096) == 4096
@@ -250,3 +270,13 @@ def test_running_board_is_reused_and_a_changed_host_key_is_refused(a72_image, in
     finally:
         board.stop()
     assert running_board(a72_image) is None
+
+
+def test_board_commands_import_no_torch(tmp_path):
+    from test_no_torch import imported
+    env_dir = tmp_path / "cache"
+    mods, r = imported(["-c", "import os, sys; os.environ['COSTDB_CACHE_DIR'] = sys.argv[1]; "
+                              "from costdb.cli import cli; cli(['board', 'status'])", str(env_dir)],
+                       tmp_path)
+    assert "no image" in r.stdout, r.stderr[-1000:]
+    assert "torch" not in mods and "profiler" not in mods

@@ -4,7 +4,7 @@ aarch64 torch wheel, from package registries only.
 Why this recipe: the previous approach (debootstrap's second stage inside the TCG-emulated VM)
 took over an hour. Here ``mmdebstrap`` runs every maintainer script on the host under
 ``qemu-aarch64-static`` (binfmt_misc), torch is unpacked on the host by ``pip install --target
---platform manylinux_2_36_aarch64`` (the wheel is never built or executed on x86), and ``mke2fs -d``
+--platform manylinux_*_aarch64`` (the wheel is never built or executed on x86), and ``mke2fs -d``
 turns the tree into an ext4 image without loop mounts. The kernel and initrd are the image's own
 ``linux-image-arm64`` ones, copied out beside the disk.
 
@@ -218,12 +218,16 @@ def safe_rmtree(path: Path) -> None:
     (deleting through a bind-mounted /dev would delete the host's)."""
     if not path.exists():
         return
-    for mnt in _mounts_under(path):
-        subprocess.run(["umount", "-l", mnt], capture_output=True)
-    left = _mounts_under(path)
-    if left:
-        raise CostdbError(f"cannot remove {path}: {left[0]} is still mounted; unmount it by hand")
-    shutil.rmtree(path, ignore_errors=True)
+    for _attempt in range(5):  # a dying dpkg of a killed bootstrap may still write into it
+        for mnt in _mounts_under(path):
+            subprocess.run(["umount", "-l", mnt], capture_output=True)
+        left = _mounts_under(path)
+        if left:
+            raise CostdbError(f"cannot remove {path}: {left[0]} is still mounted; unmount it by hand")
+        shutil.rmtree(path, ignore_errors=True)
+        time.sleep(0.5)
+        if not path.exists():
+            return
 
 
 def _run(argv: list[str], log: Any, what: str, env: dict[str, str] | None = None,
@@ -304,18 +308,72 @@ def configure_tree(root: Path, out: Path, log: Any) -> dict[str, Any]:
     return {"user": USER, "uid": st.st_uid}
 
 
-def install_torch(root: Path, version: str, py: str, log: Any) -> dict[str, Any]:
-    """Unpack PyPI's aarch64 torch wheel (and its pure-Python dependencies) into the image."""
+def platform_args(glibc_minor: int = 36) -> list[str]:
+    """pip ``--platform`` flags for every manylinux tag bookworm's glibc 2.36 runs: pip does not
+    expand an explicit ``manylinux_2_36`` to the older tags wheels are published under."""
+    tags = [f"manylinux_2_{m}_aarch64" for m in range(glibc_minor, 16, -1)]
+    tags += ["manylinux2014_aarch64", "linux_aarch64"]
+    return [a for t in tags for a in ("--platform", t)]
+
+
+#: The environment PEP 508 markers are evaluated in for the board (pip evaluates them for the
+#: host even under --platform, which would pull x86-only CUDA wheels into an arm64 image).
+GUEST_MARKERS = {"platform_machine": "aarch64", "platform_system": "Linux", "sys_platform": "linux",
+                 "os_name": "posix", "implementation_name": "cpython",
+                 "platform_python_implementation": "CPython", "extra": ""}
+
+
+def guest_requirements(wheel: Path, py: str) -> list[str]:
+    """The wheel's Requires-Dist that apply on the board (aarch64 Linux, CPython ``py``)."""
+    import zipfile
+
+    from packaging.requirements import Requirement
+    env = {**GUEST_MARKERS, "python_version": py, "python_full_version": py + ".0",
+           "implementation_version": py + ".0"}
+    with zipfile.ZipFile(wheel) as zf:
+        meta = next(n for n in zf.namelist() if n.endswith(".dist-info/METADATA"))
+        text = zf.read(meta).decode("utf-8", "replace")
+    out = []
+    for line in text.splitlines():
+        if not line.startswith("Requires-Dist:"):
+            continue
+        req = Requirement(line.split(":", 1)[1].strip())
+        if req.marker is None or req.marker.evaluate(env):
+            req.marker = None
+            out.append(str(req))
+    return out
+
+
+def install_torch(root: Path, version: str, py: str, log: Any, wheels: Path) -> dict[str, Any]:
+    """Unpack PyPI's aarch64 torch wheel and the dependencies that apply on aarch64 into the
+    image: the wheel alone first (``--no-deps``), then its aarch64 requirements."""
     dest = root / "usr/local/lib" / f"python{py}" / "dist-packages"
     dest.mkdir(parents=True, exist_ok=True)
     tag = py.replace(".", "")
-    _run([sys.executable, "-m", "pip", "install", "--disable-pip-version-check", "--no-compile",
-          "--target", str(dest), "--platform", "manylinux_2_36_aarch64", "--only-binary=:all:",
-          "--python-version", py, "--implementation", "cp", "--abi", f"cp{tag}",
-          "--no-warn-script-location", f"torch=={version}"], log,
-         f"pip install torch=={version} for aarch64 (is that version on PyPI for cp{tag} aarch64?)")
+    pip = [sys.executable, "-m", "pip", "--disable-pip-version-check"]
+    target = ["--target", str(dest), *platform_args(), "--only-binary=:all:", "--python-version", py,
+              "--implementation", "cp", "--abi", f"cp{tag}", "--no-compile",
+              "--no-warn-script-location"]
+    wheels.mkdir(parents=True, exist_ok=True)
+    _run(pip + ["download", "--no-deps", "-d", str(wheels), *target[2:-2], f"torch=={version}"],
+         log, f"pip download torch=={version} for aarch64 (is that release on PyPI for cp{tag} "
+              "aarch64?)")
+    found = sorted(wheels.glob(f"torch-{version}-cp{tag}-*aarch64*.whl"))
+    if not found:
+        raise CostdbError(f"pip found no aarch64 wheel of torch=={version} for cp{tag}; pick "
+                          "another --torch")
+    deps = guest_requirements(found[-1], py)
+    cuda = [d for d in deps if d.startswith(("nvidia-", "cuda-", "triton"))]
+    if cuda:
+        raise CostdbError(f"torch=={version}'s aarch64 wheel is a CUDA build (needs {cuda[0]} ...), "
+                          f"not the CPU build a Pi runs; build with --torch {DEFAULT_TORCH}")
+    _run(pip + ["install", "--no-deps", *target, str(found[-1])], log,
+         f"unpacking torch=={version} into the image")
+    if deps:
+        _run(pip + ["install", *target, *deps], log, "installing torch's dependencies for aarch64")
     shutil.rmtree(dest / "bin", ignore_errors=True)  # console scripts with the host's shebang
-    return {"torch": version, "site_packages": "/" + str(dest.relative_to(root))}
+    return {"torch": version, "torch_wheel": found[-1].name, "torch_requires": deps,
+            "site_packages": "/" + str(dest.relative_to(root))}
 
 
 def check_torch(root: Path, cpu: str, log: Any, timeout: float = 1800) -> str:
@@ -365,6 +423,24 @@ def _kernel_files(root: Path) -> tuple[Path, Path, str]:
 
 
 @contextlib.contextmanager
+def _terminate_cleans_up() -> Iterator[None]:
+    """SIGTERM during a build unwinds like Ctrl-C (children killed, mounts and tree removed)."""
+    import signal
+    import threading
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+
+    def handler(signum: int, frame: Any) -> None:
+        raise KeyboardInterrupt("terminated")
+    old = signal.signal(signal.SIGTERM, handler)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+@contextlib.contextmanager
 def _build_lock(parent: Path, board: str) -> Iterator[None]:
     parent.mkdir(parents=True, exist_ok=True)
     with open(parent / f".{board}.lock", "w") as f:
@@ -392,7 +468,7 @@ def build_image(board: str = "qemu-a72", cache_dir: str | os.PathLike | None = N
         return have
     _need_tools()
     emit = progress or (lambda i, n, what: None)
-    with _build_lock(final.parent, board):
+    with _build_lock(final.parent, board), _terminate_cleans_up():
         work = final.parent / f".{board}.build-{os.getpid()}"
         safe_rmtree(work)
         work.mkdir(parents=True)
@@ -418,7 +494,7 @@ def build_image(board: str = "qemu-a72", cache_dir: str | os.PathLike | None = N
                 py = _python_version(root)
                 emit(2, len(STEPS), STEPS[2] + f" torch=={torch_version}")
                 t = time.monotonic()
-                tinfo = install_torch(root, torch_version, py, log)
+                tinfo = install_torch(root, torch_version, py, log, final.parent / "wheels")
                 times["torch_s"] = time.monotonic() - t
                 emit(3, len(STEPS), STEPS[3])
                 t = time.monotonic()
