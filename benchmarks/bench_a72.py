@@ -77,6 +77,7 @@ def main() -> None:
         out["boot_to_sshd_s"] = board.wait_for_sshd()
         from devices.ssh import SshAgent, SshSession, resolve_target
         target = resolve_target("qemu-a72", board.connection(), {"start_timeout": 1800})
+        target.connect_timeout = 120
         s = SshSession(target)
         try:
             s.run(["rm", "-rf", s.abspath(target.remote_dir)], timeout=120)

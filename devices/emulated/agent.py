@@ -7,7 +7,7 @@ from __future__ import annotations
 import contextlib
 from typing import Any, Iterator
 
-from devices.emulated.vm import START_TIMEOUT, board_running
+from devices.emulated.vm import CONNECT_TIMEOUT, START_TIMEOUT, board_running
 from devices.ssh import SshAgent, resolve_target
 
 
@@ -40,6 +40,7 @@ def open_emulated_agent(entry: Any, threads: int | None = None,
         options.pop("known_hosts", None)
         options.pop("accept_new_host_key", None)
         target = resolve_target(entry.name, board.connection(), options)
+        target.connect_timeout = CONNECT_TIMEOUT   # key exchange under TCG on a loaded host
         agent = EmulatedSshAgent(target, threads=threads, settings=dict(entry.settings),
                                  options=options, emulator=board.emulator_facts())
         try:

@@ -372,6 +372,19 @@ def install_torch(root: Path, version: str, py: str, log: Any, wheels: Path) -> 
     if deps:
         _run(pip + ["install", *target, *deps], log, "installing torch's dependencies for aarch64")
     shutil.rmtree(dest / "bin", ignore_errors=True)  # console scripts with the host's shebang
+    # Byte-compile on the host: a .pyc depends on the Python minor version, not the CPU, and the
+    # login user cannot write __pycache__ there, so without this every agent start would compile
+    # torch's Python sources again under TCG. -s/-p: tracebacks name the guest's paths.
+    host_py = "%d.%d" % sys.version_info[:2]
+    if host_py == py:
+        r = subprocess.run([sys.executable, "-m", "compileall", "-q", "-j", "2", "-s", str(root),
+                            "-p", "/", str(dest)], stdout=log, stderr=subprocess.STDOUT,
+                           stdin=subprocess.DEVNULL)
+        log.write(f"\ncompileall exit {r.returncode} (a file that does not compile is compiled, "
+                  "and fails, only if imported)\n")
+    else:
+        log.write(f"\nhost Python {host_py} != image Python {py}: .pyc files are compiled on the "
+                  "board at first import\n")
     return {"torch": version, "torch_wheel": found[-1].name, "torch_requires": deps,
             "site_packages": "/" + str(dest.relative_to(root))}
 

@@ -35,6 +35,7 @@ DEFAULT_CPUS = 4
 DEFAULT_BOOT_TIMEOUT = 1200.0   # TCG on a loaded 2-core host: minutes; this bounds a hung boot
 #: The agent starts (python + import torch) and one op runs far slower under TCG than on a Pi.
 START_TIMEOUT = 1800.0
+CONNECT_TIMEOUT = 120.0
 OP_TIMEOUT = 3600.0
 
 
