@@ -7,6 +7,7 @@ Real SQLite files filled by the real profiler and solver; hints are run through 
 """
 from __future__ import annotations
 
+import dataclasses
 import html as htmllib
 import re
 import shlex
@@ -62,12 +63,16 @@ def _run(runner, command: str, cwd: Path, monkeypatch) -> object:
 def test_sessions_while_a_profile_runs(runner, profiled_mlp, tmp_path):
     path = str(tmp_path / "s.db")
     shutil.copy(profiled_mlp, path)
-    with costdb.open(path) as db:     # what a running profile has written: no end, no counts yet
+    with costdb.open(path) as db:     # what a running profile has written: no end, no count yet
         sid = db.start_session("local", {"facts": {"torch": "2.13.0"}}, {}, None, 7)
+        done = db.measurement_list(session_id=1)[:2]      # and the first two results
+        for m in done:
+            db.add_measurement(dataclasses.replace(m, session_id=sid))
     r = runner.invoke(cli, ["sessions", "--db", path])
     assert r.exit_code == 0, r.output
     row = next(line for line in r.output.splitlines() if re.match(rf"\W*{sid}\b", line))
     assert "running" in row and "nan" not in row.lower()
+    assert re.search(r"│\s*7\s*│\s*2\s*│", row), row          # planned 7, measured so far 2
 
 
 def test_report_covers_a_device_that_was_only_solved_for(world):
