@@ -206,3 +206,17 @@ def test_ops_shared_with_a_model_profiled_under_other_settings_do_not_block_its_
     costdb.profile(db, model="mlp", batch=2, threads=2, settings=FAST)
     with costdb.open(db, readonly=True) as d, pytest.raises(costdb.CostdbError, match="2 different"):
         d.costs("local", "mlp[batch=2,input=784,dtype=float32]")
+
+
+def test_default_threads_resume_the_last_fingerprint(tmp_path):
+    """Without threads a profile keeps the thread count of the device's latest session, so that
+    the same command again resumes; remote devices keep torch's (or the inventory's) default."""
+    from profiler.session import default_threads
+    db = str(tmp_path / "t.db")
+    first = costdb.profile(db, model="mlp", batch=2, threads=1, settings=FAST)
+    with costdb.open(db, readonly=True) as d:
+        assert default_threads(d, "local", "local", None) == (1, None)
+        assert default_threads(d, "rpi4b", "ssh", None) == (None, None)
+    again = costdb.profile(db, model="mlp", batch=2, settings=FAST)      # no threads given
+    assert again.settings_id == first.settings_id and again.planned == 0
+    assert again.threads_note is None
