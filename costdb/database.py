@@ -1140,7 +1140,8 @@ class Database:
         mid = self.resolve_model(model)
         where = ["m.device = ?", "m.kind = 'in_context'", "m.status = 'ok'",
                  "m.signature IN (SELECT signature FROM graph_nodes WHERE model_id = ?)",
-                 "m.session_id IN (SELECT id FROM sessions WHERE model_id = ?)"]
+                 # traced in this model (a session that names no model may have been)
+                 "m.session_id IN (SELECT id FROM sessions WHERE model_id = ? OR model_id IS NULL)"]
         args: list[Any] = [device, mid, mid]
         if settings is not None and str(settings).strip().lower() != LATEST:
             where.append("m.settings_id = ?")

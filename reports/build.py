@@ -325,7 +325,8 @@ def _nodes_html(rows: list[dict[str, Any]]) -> Markup:
     return Markup("\n".join(out))
 
 
-def _top_chart(rows: list[dict[str, Any]], key: str, fmt, title: str) -> str | None:
+def _top_chart(rows: list[dict[str, Any]], key: str, fmt, title: str,
+               binary: bool = False) -> str | None:
     ranked = sorted((r for r in rows if r[key] is not None and r[key] > 0), key=lambda r: -r[key])[:TOP_N]
     if not ranked:
         return None
@@ -333,7 +334,8 @@ def _top_chart(rows: list[dict[str, Any]], key: str, fmt, title: str) -> str | N
     colors = [figures.PHASE_COLORS.get(r["phase"], "#888") for r in ranked]
     used = {r["phase"] for r in ranked}
     legend = {p: c for p, c in figures.PHASE_COLORS.items() if p in used}
-    return figures.top_bars(labels, [r[key] for r in ranked], fmt, title, colors, legend=legend)
+    return figures.top_bars(labels, [r[key] for r in ranked], fmt, title, colors, legend=legend,
+                            binary=binary)
 
 
 def _phase_table(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -394,7 +396,7 @@ def _model_cost_section(db: costdb.Database, device: str, key: str, model_id: in
         "phase_table": _phase_table(df),
         "fig_top_runtime": _top_chart(distinct, "rt", fmt_seconds, f"Top {TOP_N} ops by runtime (median)"),
         "fig_top_energy": _top_chart(distinct, "en", fmt_joules, f"Top {TOP_N} ops by energy (gross)"),
-        "fig_top_memory": _top_chart(distinct, "mem", fmt_bytes, f"Top {TOP_N} ops by peak memory"),
+        "fig_top_memory": _top_chart(distinct, "mem", fmt_bytes, f"Top {TOP_N} ops by peak memory", binary=True),
         "fig_phases": figures.phase_breakdown(
             [PHASES[i] for i in present], [by_phase_rt[i] for i in present],
             [by_phase_en[i] for i in present], "Runtime per phase (sum over nodes)",

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import math
 import re
 from typing import Iterable, Sequence
 
@@ -18,7 +19,7 @@ matplotlib.use("Agg")
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, MultipleLocator  # noqa: E402
 
 _RC = {
     "svg.fonttype": "none",       # text as <text>, not paths: small and selectable
@@ -32,7 +33,7 @@ _RC = {
     "figure.dpi": 72,
 }
 
-#: Colours of the phases and schedule states (also used by the HTML legend).
+#: Colours of the phases and schedule states (figures and report CSS).
 PHASE_COLORS = {"fwd": "#4c78a8", "loss": "#9d755d", "bwd_data": "#f58518", "bwd_weight": "#e45756",
                 "update": "#54a24b"}
 STATE_COLORS = {"absent": "#ffffff", "resident": "#c6dbef", "compute": "#2b8cbe",
@@ -85,7 +86,7 @@ def _short(label: str, n: int = 42) -> str:
 
 def top_bars(labels: Sequence[str], values: Sequence[float], unit_fmt, title: str,
              colors: Sequence[str] | None = None, xlabel: str = "",
-             legend: dict[str, str] | None = None) -> str | None:
+             legend: dict[str, str] | None = None, binary: bool = False) -> str | None:
     """Horizontal bar chart, largest at the top; ``legend``: label -> colour of the bars."""
     pairs = [(lab, v) for lab, v in zip(labels, values) if v is not None and v == v]
     if not pairs:
@@ -103,7 +104,13 @@ def top_bars(labels: Sequence[str], values: Sequence[float], unit_fmt, title: st
         for y, v in zip(ys, vals):
             ax.text(v + 0.01 * vmax, y, unit_fmt(v), va="center", fontsize=10)
         ax.set_xlim(0, vmax * 1.3 if vmax > 0 else 1)
-        ax.xaxis.set_major_locator(MaxNLocator(4))
+        if binary and vmax >= 1:      # bytes: ticks at round binary multiples (256 KiB, not 293)
+            base = 1024.0 ** int(math.log(vmax, 1024))
+            step = next(s for s in (0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+                        if vmax / (s * base) <= 4)
+            ax.xaxis.set_major_locator(MultipleLocator(step * base))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: unit_fmt(v) if v else "0"))
         ax.tick_params(axis="y", labelsize=10)
         if legend:      # the phases of the bars drawn, in the figure itself (one legend)
@@ -180,16 +187,15 @@ def predicted_vs_measured(labels: Sequence[str], measured: Sequence[float],
             ys = [len(labels) - 1 - i + (0.2 if k == 0 else -0.2) for i in range(len(labels))]
             vs = [0.0 if v is None or v != v else v for v in vals]
             ax.barh(ys, vs, 0.38, color=color, label=name)
-            for y, v, raw in zip(ys, vs, vals):
-                ax.text(v + 0.01 * vmax, y, fmt(raw) if raw is not None else "n/a", va="center",
-                        fontsize=10)
+            for y, v, raw in zip(ys, vs, vals):      # labelled directly: no legend needed
+                ax.text(v + 0.01 * vmax, y, (fmt(raw) if raw is not None else "n/a")
+                        + (" measured" if k == 0 else " predicted"), va="center", fontsize=10)
         ax.set_yticks(range(len(labels))[::-1], list(labels))
-        ax.set_xlim(0, vmax * 1.3)
+        ax.set_xlim(0, vmax * 1.55)
         ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt(v) if v else "0"))
-        ax.set_title("Whole-iteration runtime: measured vs predicted", loc="left")
-        ax.legend(fontsize=10, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / len(labels)),
-                  ncol=2)
+        ax.set_title("Whole-iteration runtime: measured vs predicted (sum of node medians)",
+                     loc="left")
     return _svg(fig)
 
 

@@ -7,6 +7,7 @@ Real SQLite files filled by the real profiler and solver; hints are run through 
 """
 from __future__ import annotations
 
+import dataclasses
 import html as htmllib
 import re
 import shlex
@@ -62,12 +63,16 @@ def _run(runner, command: str, cwd: Path, monkeypatch) -> object:
 def test_sessions_while_a_profile_runs(runner, profiled_mlp, tmp_path):
     path = str(tmp_path / "s.db")
     shutil.copy(profiled_mlp, path)
-    with costdb.open(path) as db:     # what a running profile has written: no end, no counts yet
+    with costdb.open(path) as db:     # what a running profile has written: no end, no count yet
         sid = db.start_session("local", {"facts": {"torch": "2.13.0"}}, {}, None, 7)
+        done = db.measurement_list(session_id=1)[:2]      # and the first two results
+        for m in done:
+            db.add_measurement(dataclasses.replace(m, session_id=sid))
     r = runner.invoke(cli, ["sessions", "--db", path])
     assert r.exit_code == 0, r.output
     row = next(line for line in r.output.splitlines() if re.match(rf"\W*{sid}\b", line))
     assert "running" in row and "nan" not in row.lower()
+    assert re.search(r"│\s*7\s*│\s*2\s*│", row), row          # planned 7, measured so far 2
 
 
 def test_report_covers_a_device_that_was_only_solved_for(world):
@@ -201,3 +206,17 @@ def test_ops_shared_with_a_model_profiled_under_other_settings_do_not_block_its_
     costdb.profile(db, model="mlp", batch=2, threads=2, settings=FAST)
     with costdb.open(db, readonly=True) as d, pytest.raises(costdb.CostdbError, match="2 different"):
         d.costs("local", "mlp[batch=2,input=784,dtype=float32]")
+
+
+def test_default_threads_resume_the_last_fingerprint(tmp_path):
+    """Without threads a profile keeps the thread count of the device's latest session, so that
+    the same command again resumes; remote devices keep torch's (or the inventory's) default."""
+    from profiler.session import default_threads
+    db = str(tmp_path / "t.db")
+    first = costdb.profile(db, model="mlp", batch=2, threads=1, settings=FAST)
+    with costdb.open(db, readonly=True) as d:
+        assert default_threads(d, "local", "local", None) == (1, None)
+        assert default_threads(d, "rpi4b", "ssh", None) == (None, None)
+    again = costdb.profile(db, model="mlp", batch=2, settings=FAST)      # no threads given
+    assert again.settings_id == first.settings_id and again.planned == 0
+    assert again.threads_note is None

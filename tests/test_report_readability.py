@@ -194,5 +194,9 @@ def screenshots(out: Path) -> list[Path]:
 
 
 if __name__ == "__main__":
-    for path in screenshots(Path(sys.argv[1] if len(sys.argv) > 1 else "report-shots")):
-        print(path)
+    import argparse
+    ap = argparse.ArgumentParser(description="Write full-page screenshots (PNG) and the HTML of "
+                                             "the reports the readability tests look at.")
+    ap.add_argument("out", nargs="?", default="report-shots", help="output directory")
+    for shot in screenshots(Path(ap.parse_args().out)):
+        print(shot)

@@ -25,11 +25,14 @@ def sessions(db_path: str, device: str | None) -> None:
     import costdb
     with costdb.open(db_path, readonly=True) as db:
         recs = db.session_list(device)
+        # a running session's count is written when it ends: count its rows so far instead
+        live = {r.id: len(db.measurement_list(session_id=r.id)) for r in recs
+                if r.status == "running"}
     t = table("Sessions", ("id", "device", "status", "started", "ended", "planned", "measured",
                            "settings", "sensor", "torch", "warnings"))
     for r in recs:
         t.add_row(cell(r.id), cell(r.device), cell(r.status), cell(r.started_at), cell(r.ended_at),
-                  cell(r.planned, "-"), cell(r.measured, "-"),
+                  cell(r.planned, "-"), cell(live.get(r.id, r.measured), "-"),
                   "-" if cell(r.settings_id) == "" else f"#{cell(r.settings_id)}",
                   cell(r.energy_sensor) or "modeled", cell((r.facts or {}).get("torch")),
                   str(len(r.warnings or ())))

@@ -29,40 +29,6 @@ def _model_or_stored_graph(model: str, db_path: str, batch: int | None,
         return model          # not stored either: the zoo's "unknown model" error names both
 
 
-def default_threads(db_path: str, device: str, inventory: str | None,
-                    cpus: list[int] | None) -> tuple[int | None, str | None]:
-    """The intra-op thread count when --threads is not given, and a note saying why.
-
-    Resuming keeps the fingerprint: the threads of the device's latest session in the database.
-    Otherwise, on a busy host (load average above half its cores) 1 thread: with several, each
-    op waits at every parallel region for threads the other load has descheduled (a 1x1 conv
-    backward took 101 ms at 2 threads and 0.35 ms at 1 on the loaded 2-core VM, docs/usage.md).
-    On a quiet host, and on remote devices, torch's default (all cores) -- None."""
-    from devices.connect import entry_for
-    from devices.inventory import load
-    if entry_for(device, load(inventory)).transport != "local":
-        return None, None
-    previous = []
-    if os.path.isfile(db_path):
-        import costdb
-        try:
-            with costdb.open(db_path, readonly=True) as db:
-                previous = db.session_list(device)
-        except CostdbError:
-            pass                        # empty or unusable: the profile itself says which
-        for rec in reversed(previous):
-            t = (rec.facts or {}).get("threads") or (rec.environment or {}).get("threads")
-            if isinstance(t, int) and t > 0:
-                return t, None          # the same settings fingerprint: the run resumes
-    cores = len(cpus) if cpus else len(os.sched_getaffinity(0))
-    load = os.getloadavg()[0]
-    if cores > 1 and load > 0.5 * cores:
-        return 1, (f"this machine is busy (load average {load:.2f} on {cores} cores): profiling "
-                   "with 1 intra-op thread, since several threads wait on each other when the "
-                   "load deschedules them and timings turn into noise; --threads N overrides")
-    return None, None
-
-
 def _parse_cpus(text: str | None) -> list[int] | None:
     if not text:
         return None
@@ -289,18 +255,15 @@ def profile(devices: tuple[str, ...], model: str, batch: int | None, input_shape
                 device_errors += 1
                 continue
         else:
-            dev_threads, note = threads, None
-            if threads is None:
-                dev_threads, note = default_threads(db_path, device, inventory, cpu_list)
             with _ProgressView(err, quiet) as view:
                 res = run_profile(db_path, device=device, model=model, batch=batch, input_shape=shape,
-                                  dtype=dtype, force=force, cpus=cpu_list, threads=dev_threads,
+                                  dtype=dtype, force=force, cpus=cpu_list, threads=threads,
                                   settings=settings, inventory=inventory, iteration=iteration,
                                   in_context=in_context, progress=view, on_warning=warn,
                                   connect_options=connect_options)
-            if note:
-                err.print(f"[cyan]Note:[/] {escape(note)}")
         done[device] = res.model_key
+        if res.threads_note:
+            err.print(f"[cyan]Note:[/] {escape(res.threads_note)}")
         if res.planned == 0 and res.session_id is None and res.in_context is None:
             err.print(escape(f"{device}: all {res.skipped} distinct ops of {res.model_key} are "
                              "already measured; use --force to measure again"))
