@@ -14,11 +14,14 @@
  *   linear fwd      R = weights [OUT][IN]              col = one row of x
  *   linear bwd_data R = weights transposed [IN][OUT]   col = one row of dy
  *   linear bwd_wt   R = dy transposed [OUT][N]         col = one column of x
+ *                   (batch 1: an outer product, outer_s8)
  * A column is gathered into int8 ("patch"), then widened into int16 in SMLAD order: per 4
  * values (v0 v1 v2 v3) the words (v0, v2) and (v1, v3), which is what SXTB16 and SXTB16 ROR #8
  * make of the 4 int8 row values in one load. Depthwise convolutions (G == C == OC) have their
- * own channel-vectorised loops (SMLABB / SMLATT on channel pairs). Everything else (other
- * grouped convolutions, pools, eltwise, SGD) uses the portable kernels.
+ * own channel-vectorised loops: interior output pixels of the forward pass pair taps through
+ * SMLAD (PKHBT/PKHTB, weight pairs packed in scratch, an assembly inner loop), the rest use
+ * SMLABB / SMLATT per channel. Everything else (other grouped convolutions, pools, eltwise,
+ * SGD) uses the portable kernels. Requantisation: rq_apply (5 or 8 instructions, bit-exact).
  *
  * simd_plan() decides (the host mirrors it in devices/serial/ops.py scratch_bytes()). */
 #include <string.h>
@@ -32,20 +35,6 @@ static inline int32_t sxtb16_ror8(int32_t x)
 {
     int32_t r;
     __asm ("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
-    return r;
-}
-
-/* PKHBT / PKHTB with a 16-bit shift (GCC 12's arm_acle.h lacks them): (lo half of a, lo half of b), (hi of b, hi of a) */
-static inline int32_t pkhbt16(int32_t a, int32_t b)
-{
-    int32_t r;
-    __asm ("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(a), "r"(b));
-    return r;
-}
-static inline int32_t pkhtb16(int32_t a, int32_t b)
-{
-    int32_t r;
-    __asm ("pkhtb %0, %1, %2, asr #16" : "=r"(r) : "r"(a), "r"(b));
     return r;
 }
 
