@@ -47,7 +47,7 @@ from typing import Any, Iterable, Mapping
 from costdb.errors import CostdbError
 
 __all__ = ["RATIOS", "LayerChoice", "UpdatePlan", "SparseUpdateProblem", "default_contributions",
-           "load_contributions", "plan_update", "plan_sparse_update"]
+           "check_contributions", "load_contributions", "plan_update", "plan_sparse_update"]
 
 RATIOS = (0.0, 0.125, 0.25, 0.5, 1.0)
 EXHAUSTIVE_LAYERS = 6
@@ -325,29 +325,66 @@ def default_contributions(layer_names: Iterable[str]) -> dict[str, dict[str, flo
             for i, name in enumerate(names)}
 
 
+def _number(v: Any, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise CostdbError(f"{what} must be a finite number, got {v!r}")
+    return float(v)
+
+
+def check_contributions(data: Any, layer_names: Iterable[str], where: str) -> dict[str, Any]:
+    """A validated contribution table (one-line ``CostdbError`` naming the problem)."""
+    names = set(layer_names)
+    if not isinstance(data, dict):
+        raise CostdbError(f"contribution table {where} must be a JSON object: "
+                          '{"layer": {"weight": 0.3, "bias": 0.05}, ...}')
+    unknown = sorted(str(k) for k in set(data) - names)
+    if unknown:
+        raise CostdbError(f"contribution table {where} names layers the model does not train: "
+                          f"{', '.join(unknown)} (trainable: {', '.join(sorted(names))})")
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if not isinstance(v, dict) or not v or not set(v) <= {"weight", "bias"}:
+            raise CostdbError(f"contribution of layer {k} in {where} must be an object with "
+                              f"'weight' and/or 'bias'")
+        entry: dict[str, Any] = {}
+        if "bias" in v:
+            entry["bias"] = _number(v["bias"], f"bias contribution of {k} in {where}")
+        if "weight" in v:
+            w = v["weight"]
+            if isinstance(w, dict):
+                table = {}
+                for r, c in w.items():
+                    try:
+                        ratio = float(r)
+                    except (TypeError, ValueError):
+                        ratio = float("nan")
+                    if not 0 < ratio <= 1:
+                        raise CostdbError(f"weight contribution of {k} in {where}: channel "
+                                          f"fraction {r!r} must be a number in (0, 1]")
+                    table[str(ratio)] = _number(c, f"weight contribution of {k} at {r}")
+                if not table:
+                    raise CostdbError(f"weight contribution of {k} in {where} is empty")
+                entry["weight"] = table
+            else:
+                entry["weight"] = _number(w, f"weight contribution of {k} in {where}")
+        out[k] = entry
+    return out
+
+
 def load_contributions(path: str | Path, layer_names: Iterable[str]) -> dict[str, Any]:
     """A contribution table from JSON: ``{"layer": {"weight": 0.3, "bias": 0.05}}``, where
     ``weight`` may also be ``{"0.25": 0.2, "1": 0.3}`` (contribution per channel fraction).
     Layers left out contribute nothing."""
-    names = set(layer_names)
+    p = Path(path)
+    if p.exists() and not p.is_file():
+        raise CostdbError(f"contribution table {path} is not a regular file")
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(p.read_text())
     except OSError as e:
         raise CostdbError(f"cannot read the contribution table {path}: {e.strerror}") from None
     except ValueError as e:
         raise CostdbError(f"contribution table {path} is not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise CostdbError(f"contribution table {path} must be a JSON object: "
-                          '{"layer": {"weight": 0.3, "bias": 0.05}, ...}')
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise CostdbError(f"contribution table {path} names layers the model does not train: "
-                          f"{', '.join(unknown)} (trainable: {', '.join(sorted(names))})")
-    for k, v in data.items():
-        if not isinstance(v, dict) or not set(v) <= {"weight", "bias"}:
-            raise CostdbError(f"contribution of layer {k} in {path} must be an object with "
-                              f"'weight' and/or 'bias'")
-    return data
+    return check_contributions(data, layer_names, str(path))
 
 
 @dataclass
@@ -384,7 +421,7 @@ def plan_update(db: Any, device: str, model: str | int, memory: int,
     elif isinstance(contributions, (str, Path)):
         table, source = load_contributions(contributions, problem.layer_names), str(contributions)
     else:
-        table, source = dict(contributions), "given"
+        table, source = check_contributions(contributions, problem.layer_names, "given"), "given"
     best = problem.search(table, memory)
     return PlanResult(best, problem.baselines(table, memory), memory, table, source, device,
                       graph.model)
