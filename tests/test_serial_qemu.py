@@ -47,15 +47,17 @@ def test_start_qemu_board_interface():
     assert res["output_bytes"] == 8 * 16 * 16 * 4 and res["stack_bytes"] > 0
 
 
-def test_protocol_version_mismatch_is_refused_clearly():
-    elf = build_firmware("qemu-m4f", protocol_version=99)
+@pytest.mark.parametrize("version", [1, 99])     # 1: a firmware before 0.3.0 (NCHW int8)
+def test_protocol_version_mismatch_is_refused_clearly(version):
+    elf = build_firmware("qemu-m4f", protocol_version=version)
     with QemuBoard("qemu-m4f", elf=elf) as q:
         agent = open_serial_agent(q.url, board="qemu-m4f", emulated=True)
         with pytest.raises(ProtocolVersionError) as err:
             agent.hello()
         agent.close()
     msg = str(err.value)
-    assert "protocol 99" in msg and f"speaks {P.PROTOCOL_VERSION}" in msg and "\n" not in msg
+    assert f"protocol {version}," in msg and f"speaks {P.PROTOCOL_VERSION}" in msg
+    assert "rebuild and reflash" in msg and "\n" not in msg
     assert isinstance(err.value, CostdbError)
 
 
