@@ -85,7 +85,9 @@ def test_row_tiled_op_runs_on_the_m0(m0_agent):
     t = plan_tiling(req, m0_agent.facts["arena_bytes"], m0_agent.kernel_variant)
     total = sum(n * m0_agent.ticks_to_cycles(m0_agent.run(r)[0]["ticks"][0])
                 for r, n in t.requests(req))
-    assert res["cycles"]["median"] == pytest.approx(total, abs=64)
+    # ~1e9 instructions: a SysTick wrap interrupt lands inside most tile samples (~1 per
+    # second of emulated time), times the 96 tiles
+    assert res["cycles"]["median"] == pytest.approx(total, rel=1e-6)
 
 
 def test_fitting_ops_are_not_tiled_and_hopeless_ones_say_why():
