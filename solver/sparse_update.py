@@ -31,8 +31,9 @@ a channel fraction r gets sqrt(r) of it (diminishing returns, as the paper's cha
 curves), a layer's bias a quarter of it.
 
 The search maximises total contribution within the budget (ties: lower energy, then runtime):
-exhaustive over the per-layer choices (bias on/off x weight fraction in RATIOS) for up to 6
-layers, greedy by contribution per byte beyond that. Baselines beside it: full update, bias
+exhaustive over the per-layer choices (bias on/off x weight fraction in RATIOS) for up to 4
+layers, greedy by contribution per byte beyond that (each step raises one layer by one level:
+its bias on, or its weight fraction to the next ratio). Baselines beside it: full update, bias
 only, last-k layers (weights and biases) for every k.
 """
 from __future__ import annotations
@@ -50,7 +51,7 @@ __all__ = ["RATIOS", "LayerChoice", "UpdatePlan", "SparseUpdateProblem", "defaul
            "check_contributions", "load_contributions", "plan_update", "plan_sparse_update"]
 
 RATIOS = (0.0, 0.125, 0.25, 0.5, 1.0)
-EXHAUSTIVE_LAYERS = 6
+EXHAUSTIVE_LAYERS = 4
 _ELEM = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "uint8": 1, "float64": 8}
 
 
@@ -85,6 +86,9 @@ class _Layer:
     upd_bias: Any = None
     bias_grad_fraction: float = 0.0  # bias gradient / weight-gradient work (estimate)
     needs_input: bool = False        # the weight gradient reads the model input
+    bw_idx: int = -1                 # node indices: weight gradient, weight / bias update
+    uw_idx: int = -1
+    ub_idx: int | None = None
 
 
 @dataclass
@@ -153,18 +157,20 @@ class SparseUpdateProblem:
             pbytes = int(math.prod(n.params.get("param", (0,)))) * self.elem
             if n.name.endswith(".bias:update"):
                 lay.has_bias, lay.bias_bytes, lay.upd_bias = True, pbytes, rows[n.idx]
+                lay.ub_idx = n.idx
             else:
-                lay.weight_bytes, lay.upd_weight = pbytes, rows[n.idx]
+                lay.weight_bytes, lay.upd_weight, lay.uw_idx = pbytes, rows[n.idx], n.idx
         for n in graph.nodes:
             if n.phase == "bwd_weight" and n.layer in layers:
                 lay = layers[n.layer]
-                lay.bwd_weight, lay.bwd_weight_deps = rows[n.idx], n.deps
+                lay.bwd_weight, lay.bwd_weight_deps, lay.bw_idx = rows[n.idx], n.deps, n.idx
                 fwd = self.nodes[first_fwd[n.layer]]
                 lay.needs_input = not fwd.deps
                 macs = max(1.0, _num(n.flops) / 2)
                 out_elems = max(1, fwd.output_bytes // self.elem)
                 lay.bias_grad_fraction = min(1.0, out_elems / macs)
-        self.layers = sorted((la for la in layers.values() if la.upd_weight is not None),
+        self.layers = sorted((la for la in layers.values()
+                              if la.upd_weight is not None and la.bw_idx >= 0),
                              key=lambda la: la.pos)
         if not self.layers:
             raise CostdbError(f"{graph.model} has no trainable layers in its training graph")
@@ -197,13 +203,7 @@ class SparseUpdateProblem:
         trainable = 0
         for la in self.layers:
             c = chosen[la.name]
-            bw = next(n.idx for n in self.graph.nodes
-                      if n.layer == la.name and n.phase == "bwd_weight")
-            uw = next(n.idx for n in self.graph.nodes
-                      if n.layer == la.name and n.phase == "update"
-                      and not n.name.endswith(".bias:update"))
-            ub = next((n.idx for n in self.graph.nodes
-                       if n.layer == la.name and n.name.endswith(".bias:update")), None)
+            bw, uw, ub = la.bw_idx, la.uw_idx, la.ub_idx
             if c.weight > 0:
                 frac[bw] = c.weight
                 frac[uw] = c.weight
@@ -257,9 +257,11 @@ class SparseUpdateProblem:
             while True:
                 step = None
                 for la in self.layers:
-                    for opt in self._options(la):
-                        if opt.weight < cur[la.name].weight or (cur[la.name].bias and not opt.bias):
-                            continue
+                    c = cur[la.name]
+                    up = [RATIOS[i + 1] for i, r in enumerate(RATIOS[:-1]) if r == c.weight]
+                    nxt = ([LayerChoice(c.weight, True)] if la.has_bias and not c.bias else []) + \
+                        [LayerChoice(r, c.bias) for r in up]
+                    for opt in nxt:
                         trial = self.evaluate(dict(cur, **{la.name: opt}), contributions, budget,
                                               "sparse update")
                         gain = trial.contribution - best.contribution

@@ -138,3 +138,12 @@ def test_contribution_table_that_is_a_fifo_is_refused(m0_db, tmp_path):
     r = _cli("--db", m0_db, "--device", BOARD, "--model", "tinycnn", "--memory", "24KiB",
              "--contributions", str(fifo))
     assert r.returncode == 2 and "not a regular file" in r.stderr
+
+
+def test_greedy_search_fits_and_is_no_better_than_exhaustive(m0_db, monkeypatch):
+    import solver.sparse_update as su
+    exact = plan_sparse_update(m0_db, BOARD, "tinycnn", 24 * 1024).plan
+    monkeypatch.setattr(su, "EXHAUSTIVE_LAYERS", 0)          # the path of deeper models
+    greedy = plan_sparse_update(m0_db, BOARD, "tinycnn", 24 * 1024).plan
+    assert greedy.fits and greedy.peak_memory_bytes <= 24 * 1024
+    assert 0 < greedy.contribution <= exact.contribution + 1e-12
