@@ -392,6 +392,11 @@ def _solve_cpsat(inst: Instance, res: SolveResult, opts: Options, cands: list, h
                             f"{sim.energy_j!r} J")
         res.status, res.schedule, res.sim = raw.status, raw.schedule, sim
         res.objective_energy_j = sim.energy_j
+        res.options["bound_scope"] = (f"schedules with at most {kmax} computations and {kmax} "
+                                      "page-ins per value")
+        if raw.status == "optimal" and kmax < inst.n:
+            res.message = (f"optimal among schedules with at most {kmax} computations and {kmax} "
+                           "page-ins per value (--max-computations)")
         _prefer_start(res, heur)
         return _finish_bound(res, inst)
     if raw.status == "infeasible":
