@@ -58,7 +58,10 @@ def lp_round(inst, res, opts: Options, heur, solver: str = "highs", time_limit: 
                 elif on(S.get((t + 1, i), 0.0), th_s):
                     kt.add(i)
             keep.append(kt)
-        pout = {i for i, x in P.items() if on(x, th_p)} if not opts.compat else set()
+        if opts.compat:     # a value paged out (POET's Mout, any stage) -> faithful plan first
+            pout = {i for (_s, i), v in form.Mout.items() if on(_val(v), th_p)}
+        else:
+            pout = {i for i, x in P.items() if on(x, th_p)}
         pagein = [set() for _ in range(n)]
         for (t, i), x in Min.items():
             if i in pout and i in keep[t] and on(x, th_p):
@@ -66,7 +69,8 @@ def lp_round(inst, res, opts: Options, heur, solver: str = "highs", time_limit: 
         pout = {i for i in pout if any(i in p for p in pagein)}
         sched = plan_to_schedule(inst, keep, pout, pagein, opts.overlap)
         if opts.compat:
-            sched = Schedule(sched.stages, compat=True, overlap=False)
+            from solver.baselines import to_compat
+            sched = to_compat(sched)
         return sched
 
     candidates = [plan(th, th, None) for th in THRESHOLDS]
