@@ -39,7 +39,10 @@ def lp_round(inst, res, opts: Options, heur, solver: str = "highs", time_limit: 
         res.message = "the LP relaxation is infeasible: no schedule meets the budget and deadline"
         res.solve_time_s = time.perf_counter() - t0
         return res
-    lp_bound = raw.objective * form.e_scale if raw.objective is not None else None
+    # only a solved LP relaxation is a lower bound (an interrupted simplex is not)
+    lp_bound = raw.objective * form.e_scale if raw.objective is not None and \
+        raw.status == "optimal" else None
+    res.options["lp_bound_j"] = lp_bound
     n = inst.n
     S = {k: _val(v) for k, v in form.S.items()}
     Min = {k: _val(v) for k, v in form.Min.items()}
