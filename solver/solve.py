@@ -361,7 +361,8 @@ def _fallback(res: SolveResult, heur: Any, solver: str, time_limit: float | None
         res.objective_energy_j = heur[2].energy_j
         res.message = f"{solver} found no solution within the time limit; returned heuristic {heur[0]}"
         return _finish_bound(res, inst)
-    res.message = f"{solver} found no solution within {time_limit} s"
+    res.message = (f"{solver} found no solution within the time limit"
+                   + (f" ({time_limit:g} s)" if time_limit else ""))
     return res
 
 
@@ -422,7 +423,7 @@ def _solve_cpsat(inst: Instance, res: SolveResult, opts: Options, cands: list, h
             res.message = explain(inst, res, opts, "highs", remaining())
         return res
     res.status = raw.status
-    return _fallback(res, heur, "cpsat", None, inst)
+    return _fallback(res, heur, "cpsat", res.options.get("time_limit"), inst)
 
 
 def trim_keeps(inst: Instance, sched: Schedule) -> Schedule:
