@@ -166,7 +166,7 @@ def solve(inst: Instance, budget: int | None = None, deadline: float | None = No
           gap: float = 1e-4, threads: int | None = None, compat: bool = False,
           overlap: bool = False, warm_start: bool = True, allow_bwd_remat: bool | None = None,
           method: str = "auto", msg: bool = False, explain_infeasible: bool = True,
-          symmetry_cuts: bool = True, prune: bool = True,
+          symmetry_cuts: bool = True, prune: bool = True, knapsack_rows: bool = True,
           max_computations: int | None = None,
           starts: list[Schedule] | None = None,
           on_incumbent: Any = None) -> SolveResult:
@@ -194,7 +194,7 @@ def solve(inst: Instance, budget: int | None = None, deadline: float | None = No
     if method not in METHODS:
         raise CostdbError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     opts = Options(mode=mode, compat=compat, overlap=overlap, allow_bwd_remat=allow_bwd_remat,
-                   symmetry_cuts=symmetry_cuts, prune=prune)
+                   symmetry_cuts=symmetry_cuts, prune=prune, knapsack_rows=knapsack_rows)
     if budget is not None and budget <= 0:
         raise CostdbError(f"memory budget must be positive, got {budget} bytes")
     if deadline is not None and not deadline > 0:

@@ -226,3 +226,19 @@ def test_compat_heuristics_page_under_the_published_semantics():
             assert r.status == "optimal" and r.energy_j <= h[2].energy_j * (1 + 1e-9)
         assert sim.pageouts == sum(len(s.pageout) for s in sched.stages)
     assert paged > 0          # some tight budget is met only by paging heuristics
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_knapsack_rows_keep_the_optimum(seed):
+    inst = random_training_instance(6, seed, fixed_bytes=3)
+    lo, hi = min_budget_bound(inst), inst.no_savings_peak()
+    for budget in (lo, lo + (hi - lo) // 3):
+        dl = inst.compute_runtime_s * 1.4
+        a = solve(inst, budget=budget, deadline=dl, method="milp", allow_bwd_remat=True,
+                  explain_infeasible=False)
+        b = solve(inst, budget=budget, deadline=dl, method="milp", allow_bwd_remat=True,
+                  knapsack_rows=False, explain_infeasible=False)
+        assert a.status == b.status
+        if a.feasible:
+            assert a.energy_j == pytest.approx(b.energy_j, rel=1e-9)
+            assert a.n_constraints >= b.n_constraints
