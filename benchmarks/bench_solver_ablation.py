@@ -104,6 +104,7 @@ def main() -> None:
         ("all on (default)", {}),
         ("no presolve (prune=False: full T x T rows)", {"prune": False}),
         ("no symmetry cuts", {"symmetry_cuts": False}),
+        ("no knapsack rows", {"knapsack_rows": False}),
         ("no warm start", {"warm_start": False}),
         ("backward remat allowed", {"allow_bwd_remat": True}),
         ("LP relaxation + rounding", {"method": "lp_round"}),
