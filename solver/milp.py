@@ -41,6 +41,8 @@ from solver.schedule import Schedule, Stage
 MODES = ("integrated", "remat", "paging")
 SOLVERS = ("highs", "cbc")
 SCALE_TARGET = 1e4       # a training pass costs ~SCALE_TARGET energy / time units
+#: extra HiGHS options for every MILP / LP (name -> value); empty = HiGHS's defaults
+HIGHS_OPTIONS: dict[str, Any] = {}
 
 
 def exact_memory_units(inst: Instance, budget: int | None, compat: bool
@@ -607,6 +609,8 @@ class _HiGHS(pulp.HiGHS):
             sol.value_valid = True
             h.setSolution(sol)
         t0 = time.perf_counter()
+        for k, v in HIGHS_OPTIONS.items():
+            h.setOptionValue(k, v)
         if self.wall_deadline is not None:
             # the limit covers the bulk model pass too (seconds on ResNet-50)
             h.setOptionValue("time_limit", max(0.05, self.wall_deadline - t0))
