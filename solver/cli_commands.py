@@ -29,8 +29,7 @@ def _common(f):
         click.option("--mode", type=click.Choice(MODES), default="integrated", show_default=True,
                      help="integrated remat+paging, remat-only (Checkmate) or paging-only."),
         click.option("--solver", type=click.Choice(["highs", "cbc"]), default="highs", show_default=True),
-        click.option("--time-limit", type=FiniteFloat(min=0.5, max=MAX_DURATION_S), default=60.0,
-                     show_default=True,
+        click.option("--time-limit", type=FiniteFloat(min=0.5, max=MAX_DURATION_S), default=60.0, show_default=True,
                      help="Wall-time limit in seconds: of the whole command for solve (model building "
                           "included; returns the best schedule found with its bound and gap), of "
                           "each point for pareto."),

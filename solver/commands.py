@@ -180,7 +180,8 @@ def summary_lines(res: SolveResult, inst: Instance, sid: int | None) -> list[str
     ]
     if sim:
         lines += [
-            f"energy {fmt_joules(sim.energy_j)} (compute {fmt_joules(sim.compute_energy_j)}, page-in "
+            f"energy {fmt_joules(sim.energy_j)} net of idle power (compute "
+            f"{fmt_joules(sim.compute_energy_j)}, page-in "
             f"{fmt_joules(sim.pagein_energy_j)}, page-out {fmt_joules(sim.pageout_energy_j)})"
             + (f", bound {fmt_joules(res.bound_energy_j)}" if res.bound_energy_j is not None else ""),
             f"runtime {fmt_seconds(sim.runtime_s)}, peak memory {fmt_bytes(sim.peak_memory_bytes)} "
