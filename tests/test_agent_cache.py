@@ -153,3 +153,10 @@ def test_the_launcher_refuses_a_file_changed_after_the_check(sshd, tmp_path):
         assert s.ensure_agent() == (path, True)          # the next start uploads a good copy
     finally:
         s.close()
+
+
+def test_the_launcher_is_python_3_6_and_2_7_syntax():
+    """It runs on the device before the agent's own version check (Jetson TX2: Python 3.6)."""
+    import ast
+    ast.parse(LAUNCHER, feature_version=(3, 6))
+    assert "f'" not in LAUNCHER and 'f"' not in LAUNCHER      # no f-strings (Python 2.7 too)
