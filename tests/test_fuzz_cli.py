@@ -54,7 +54,8 @@ def _check(args: list[str]) -> str:
 
 NUMBERS = st.sampled_from(["0", "-1", "1", "3", "nan", "inf", "-inf", "1e400", "1e308", "1e300",
                            "99999999999999999999999", "1.5", "0x10", "", " ", "1_000", "2e-5",
-                           "9223372036854775808", "-9223372036854775809"])
+                           "9223372036854775808", "-9223372036854775809", "0-99999999999",
+                           "1-0", "0,1"])
 UNITS = st.sampled_from(["", "B", "KiB", "MiB", "GB", "TiB", "s", "ms", "us", "min", "h", "x",
                          "µs", "parsec", "e5"])
 SIZES = st.builds(lambda n, u: n + u, NUMBERS, UNITS)
@@ -99,7 +100,7 @@ READ_COMMANDS = {
 POSITIONAL = {"compare": 2}
 
 
-@settings(max_examples=150, **FUZZ)
+@settings(max_examples=400, **FUZZ)
 @given(cmd=st.sampled_from(sorted(READ_COMMANDS)), data=st.data())
 def test_fuzzed_options_of_every_command(fuzz_db, tmp_path_factory, monkeypatch, cmd, data):
     db, d = fuzz_db
@@ -175,7 +176,7 @@ FIELDS = ["id", "deps", "phase", "runtime_s", "energy_j", "output_bytes", "param
           "workspace_bytes", "flops", "name"]
 
 
-@settings(max_examples=120, **FUZZ)
+@settings(max_examples=250, **FUZZ)
 @given(data=st.data())
 def test_fuzzed_graph_files(tmp_path_factory, data):
     work = tmp_path_factory.mktemp("g")
