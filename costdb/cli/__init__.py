@@ -12,6 +12,7 @@ loads click and nothing heavy (no pandas, torch, solver or rich).
     history.py   costdb sessions | settings
     fleet.py     costdb compare | merge
     report.py    costdb report
+    plan.py      costdb plan-update (solver/sparse_update.py)
     (solver/cli_commands.py: costdb solve | pareto)
 """
 from __future__ import annotations
@@ -76,9 +77,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from costdb.cli import catalog, fleet, history, profile, read, report
+    from costdb.cli import catalog, fleet, history, plan, profile, read, report
     from solver.cli_commands import pareto, solve
-    for mod in (profile, read, catalog, history, report, fleet):
+    for mod in (profile, read, catalog, history, report, fleet, plan):
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
     cli.add_command(solve, "solve")
