@@ -330,12 +330,8 @@ def load_contributions(path: str | Path, layer_names: Iterable[str]) -> dict[str
     ``weight`` may also be ``{"0.25": 0.2, "1": 0.3}`` (contribution per channel fraction).
     Layers left out contribute nothing."""
     names = set(layer_names)
-    try:
-        data = json.loads(Path(path).read_text())
-    except OSError as e:
-        raise CostdbError(f"cannot read the contribution table {path}: {e.strerror}") from None
-    except ValueError as e:
-        raise CostdbError(f"contribution table {path} is not valid JSON ({e})") from None
+    from costdb.validate import read_json
+    data = read_json(path, "contribution table")   # regular UTF-8 JSON, bounded size and depth
     if not isinstance(data, dict):
         raise CostdbError(f"contribution table {path} must be a JSON object: "
                           '{"layer": {"weight": 0.3, "bias": 0.05}, ...}')

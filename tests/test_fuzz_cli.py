@@ -94,6 +94,8 @@ READ_COMMANDS = {
               "--deadline", "--threads", "-o", "--binary"],
     "pareto": ["--device", "--model", "--budgets", "--points", "--deadlines", "--executor",
                "--workers", "--time-limit", "--method", "--mode"],
+    "plan-update": ["--device", "--model", "--memory", "--contributions", "--batch", "--settings",
+                    "--kind"],
     "profile": ["--batch", "--input", "--threads", "--samples", "--min-sample-time", "--cpus",
                 "--iterations", "--top", "--cache", "--dtype"],
 }
@@ -111,7 +113,8 @@ def test_fuzzed_options_of_every_command(fuzz_db, tmp_path_factory, monkeypatch,
     args = [cmd] + [data.draw(VALUES) for _ in range(POSITIONAL.get(cmd, 0))]
     for o in chosen:
         v = data.draw(VALUES)
-        args += [o, _path_arg(v, d) if o in ("-o", "--binary", "--inventory") else v]
+        args += [o, _path_arg(v, d) if o in ("-o", "--binary", "--inventory", "--contributions")
+                 else v]
     if cmd == "profile":
         # never a real measurement here: an unknown model ends the command after the options
         args += ["--model", "no-such-model", "--no-in-context", "--no-iteration"]
