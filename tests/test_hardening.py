@@ -417,3 +417,14 @@ def test_disk_full_during_a_profile_then_resume_after_freeing_space(runner, tmp_
             assert 0 < done_before < n             # it did fill up mid-profile
             assert {s.status for s in d.session_list()} <= {"interrupted", "complete",
                                                               "failed"}
+
+
+def test_an_endless_query_ends_in_one_line():
+    from costdb import sqlguard
+    conn = sqlite3.connect(":memory:")
+    endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+    with pytest.raises(CostdbError, match="more than 1000 rows; add a LIMIT"):
+        sqlguard.run(conn, endless + "SELECT x FROM c", max_rows=1000)
+    with pytest.raises(CostdbError, match="query stopped after 0.5 s"):
+        sqlguard.run(conn, endless + "SELECT count(*) FROM c", timeout_s=0.5)
+    assert sqlguard.run(conn, endless + "SELECT x FROM c LIMIT 3") == (["x"], [(1,), (2,), (3,)])
