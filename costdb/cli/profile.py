@@ -205,7 +205,10 @@ def profile(devices: tuple[str, ...], model: str, batch: int | None, input_shape
                              "already measured; use --force to measure again"))
         else:
             err.print(escape(f"{device}: measured {res.measured} of {res.planned} ops ({res.skipped} "
-                             f"already in the database), session {res.session_id} {res.status}"))
+                             f"already in the database"
+                             + (f", {res.concurrent} measured meanwhile by another profile"
+                                if getattr(res, "concurrent", 0) else "")
+                             + f"), session {res.session_id} {res.status}"))
         for sig in res.unstable:
             err.print(f"[yellow]Warning:[/] op {sig} is unstable (CV above 10% after re-measuring)")
         for f in res.failed:
