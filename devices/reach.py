@@ -32,6 +32,14 @@ def check_reachable(name: str, inventory: Inventory, timeout: float = 3.0) -> tu
         return False, str(e).split("; ", 1)[-1]
     if entry.transport == "local":
         return True, "in-process"
+    if entry.transport == "ssh" and entry.connection.get("qemu"):
+        from devices.emulated.image import load_image
+        img = load_image(entry.name)
+        if not shutil.which("qemu-system-aarch64"):
+            return False, "qemu-system-aarch64 not installed (apt-get install qemu-system-arm)"
+        if img is None:
+            return False, f"no image yet: costdb board build {entry.name}"
+        return True, f"image {img.dir} (torch {img.manifest.get('torch')}), started on demand"
     if entry.transport == "ssh":
         host, port = _ssh_target(entry.connection)
         try:

@@ -112,6 +112,21 @@ def _one_line(text: str, limit: int = 300) -> str:
     return s if len(s) <= limit else s[:limit - 3] + "..."
 
 
+def illegal_instruction(e: "AgentDied") -> bool:
+    """The agent died of SIGILL (exit 132 from a shell, -1 when sshd sent the signal; the
+    agent's faulthandler prints "Fatal Python error: Illegal instruction")."""
+    return e.status == 132 or "Illegal instruction" in (e.stderr or "")
+
+
+def _crash_site(stderr: str) -> str:
+    """' in import torch (…/torch/__init__.py)' from a faulthandler traceback, if there is one."""
+    for line in (stderr or "").splitlines():
+        if "torch" in line and 'File "' in line:
+            path = line.split('File "', 1)[1].split('"', 1)[0]
+            return f" in import torch ({path})"
+    return ""
+
+
 # --- where and how to connect ------------------------------------------------------------------
 
 @dataclass
@@ -737,6 +752,12 @@ class SshAgent:
         if e.status == 126:
             return CostdbError(f"device {dev!r}: {py} is not executable on the device; fix python = "
                                "in the inventory")
+        if illegal_instruction(e):
+            return CostdbError(f"device {dev!r}: {py} crashed with SIGILL (illegal instruction) "
+                               f"starting the agent{_crash_site(e.stderr)}: its torch build uses CPU "
+                               "instructions this device lacks (a Cortex-A72/Pi 4B is ARMv8.0-A); "
+                               "install a torch release built for it (docs/emulated.md lists the "
+                               "ones that work)")
         if e.status in (124, 137) and "PyTorch is not installed" not in err:
             # the remote `timeout` ended it (124) or killed it after the grace period (137)
             return CostdbError(f"device {dev!r}: timed out: '{py} {self.agent_path}' was stopped "
@@ -845,7 +866,8 @@ class SshAgent:
             except CostdbError as e:
                 msg = str(e)
                 if "authentication failed" in msg or "CHANGED" in msg or "not known" in msg \
-                        or "not found on the device" in msg or "PyTorch is missing" in msg:
+                        or "not found on the device" in msg or "PyTorch is missing" in msg \
+                        or "SIGILL" in msg:
                     raise
                 last = msg
             except LinkLost as e:
@@ -923,9 +945,34 @@ class SshAgent:
                     "runtime_provenance": self.runtime_provenance}
         except AgentDied as e:
             self._reconnect_or_restart()
+            why = ("crashed with SIGILL (illegal instruction): the device's torch build uses CPU "
+                   "instructions this CPU lacks") if illegal_instruction(e) else "out of memory?"
             return {"signature": spec.get("signature"), "status": "error",
-                    "error": f"the agent died twice {what} ({e}); out of memory?",
+                    "error": f"the agent died twice {what} ({_one_line(str(e), 120)}); {why}",
                     "runtime_provenance": self.runtime_provenance}
+
+    def run_schedule(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Run a schedule on the device (agent ``execute``, docs/protocol.md). Not retried: a
+        half-run iteration is not resumable, and the device removes its run directory."""
+        timeout = float(request.get("timeout") or max(self.target.timeout, 600.0))
+        req = {"cmd": "execute", **request, "device": request.get("device") or self.compute_unit}
+        try:
+            return self._request(req, timeout, "executing the schedule")["result"]
+        except RequestTimeout:
+            self._kill_agent()
+            raise CostdbError(f"device {self.device!r}: the schedule did not finish within "
+                              f"{timeout:g} s; raise timeout = in the inventory") from None
+        except (AgentDied, LinkLost) as e:
+            raise CostdbError(f"device {self.device!r}: the agent stopped while executing the "
+                              f"schedule ({_one_line(str(e), 120)}); out of memory?") from None
+
+    def storage(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Measure the paging speed of the device's storage path (agent ``storage``)."""
+        timeout = float(request.get("timeout") or max(self.target.timeout, 300.0))
+        try:
+            return self._call({"cmd": "storage", **request}, timeout, "measuring storage")["result"]
+        except (AgentDied, RequestTimeout) as e:
+            raise CostdbError(f"device {self.device!r}: measuring storage failed ({e})") from None
 
     def _reconnect_or_restart(self) -> None:
         if self.session.active():
