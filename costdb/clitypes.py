@@ -2,7 +2,9 @@
 
 click's own ``IntRange``/``FloatRange`` accept ``nan``, ``inf`` and integers far beyond what
 SQLite stores; a value like that used to surface minutes later as a solver or allocator
-traceback. These types refuse it at parse time with click's usual one ``Error:`` line (exit 2):
+traceback. These types refuse it at parse time with ONE line naming the option, the problem and
+what is accepted (a ``CostdbError``, printed by the CLI's one error handler, exit 2; click's own
+usage errors would add usage and hint lines):
 
 * ``BoundedInt(min, max)``: an integer within bounds (default max: SQLite's int64).
 * ``FiniteFloat(min, max)``: a finite float within bounds (no nan/inf).
@@ -17,7 +19,7 @@ from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import Any, NoReturn
 
 import click
 
@@ -27,7 +29,14 @@ from costdb.units import INT64_MAX, MAX_DURATION_S, parse_duration, parse_size
 __all__ = ["BoundedInt", "FiniteFloat", "Size", "Duration", "OutputFile"]
 
 
-class BoundedInt(click.ParamType):
+class _OneLine(click.ParamType):
+    def fail(self, message: str, param: Any = None, ctx: Any = None) -> "NoReturn":  # type: ignore[override]
+        opts = getattr(param, "opts", None) or []
+        name = max(opts, key=len) if opts else (getattr(param, "name", None) or "value")
+        raise CostdbError(f"{name}: {message}")
+
+
+class BoundedInt(_OneLine):
     """An integer in ``[min, max]``; ``max`` defaults to SQLite's largest integer."""
 
     name = "integer"
@@ -57,7 +66,7 @@ class BoundedInt(click.ParamType):
         return f"BoundedInt({self.min}, {self.max})"
 
 
-class FiniteFloat(click.ParamType):
+class FiniteFloat(_OneLine):
     """A finite float in ``[min, max]`` (nan and inf are refused)."""
 
     name = "number"
@@ -85,7 +94,7 @@ class FiniteFloat(click.ParamType):
         return f"FiniteFloat({self.min}, {self.max})"
 
 
-class Size(click.ParamType):
+class Size(_OneLine):
     """A size with a unit (``256MiB``, ``1.5GB``, ``512B``) -> bytes."""
 
     name = "size"
@@ -105,7 +114,7 @@ class Size(click.ParamType):
         return n
 
 
-class Duration(click.ParamType):
+class Duration(_OneLine):
     """A duration with a unit (``2s``, ``150ms``, ``1.5min``) -> seconds."""
 
     name = "duration"
@@ -125,7 +134,7 @@ class Duration(click.ParamType):
         return s
 
 
-class OutputFile(click.ParamType):
+class OutputFile(_OneLine):
     """A path to write: its directory must exist and it must not be a directory. Devices, FIFOs
     and symlinks are accepted (``costdb.files`` writes through them)."""
 

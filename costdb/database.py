@@ -328,8 +328,16 @@ class Database:
         try:
             src = _connect_ro(path)
             mem = sqlite3.connect(":memory:", check_same_thread=False)
+            mem.text_factory = _decode_text(path)
             try:
-                src.backup(mem)
+                try:
+                    src.backup(mem)
+                except sqlite3.OperationalError:
+                    if not _read_only_storage(path):
+                        raise
+                    src.close()     # a WAL file on read-only storage: read it immutable
+                    src = _connect_ro(path, immutable=True)
+                    src.backup(mem)
             finally:
                 src.close()
             found = schema.version(mem)

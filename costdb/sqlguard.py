@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import re
 import sqlite3
+import time
 from typing import Any, Sequence
 
 from costdb.errors import CostdbError
@@ -89,23 +90,45 @@ def _strip(sql: str) -> str:
     return s.strip().rstrip(";").strip()
 
 
-def run(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> tuple[list[str], list[tuple]]:
-    """Execute one read-only statement on a guarded connection: (column names, rows)."""
+#: bounds of one query: rows returned and wall time (an endless recursive CTE ends in one line)
+MAX_ROWS = 1_000_000
+TIMEOUT_S = 600.0
+
+
+def run(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = (), max_rows: int = MAX_ROWS,
+        timeout_s: float = TIMEOUT_S) -> tuple[list[str], list[tuple]]:
+    """Execute one read-only statement on a guarded connection: (column names, rows), at most
+    ``max_rows`` rows within ``timeout_s`` seconds."""
     if not isinstance(sql, str) or "\x00" in sql:
         raise CostdbError("query refused: the SQL text contains a NUL byte; " + HELP)
     if not _strip(sql):
         raise CostdbError("query is empty; " + HELP + ", e.g. costdb query \"SELECT * FROM "
                           "devices\"")
     g = guard(conn)
+    t_end = time.monotonic() + timeout_s
+    timed_out = []
+
+    def progress() -> int:   # called every 100k SQLite instructions: non-zero interrupts
+        if time.monotonic() > t_end:
+            timed_out.append(True)
+            return 1
+        return 0
+    conn.set_progress_handler(progress, 100_000)
     try:
         cur = conn.execute(sql, tuple(params))
         if cur.description is None:
             raise CostdbError("query returned no result columns (not a SELECT?); " + HELP)
         cols = [d[0] for d in cur.description]
-        rows = cur.fetchall()
+        rows = cur.fetchmany(max_rows + 1)
+        if len(rows) > max_rows:
+            raise CostdbError(f"query returned more than {max_rows} rows; add a LIMIT or "
+                              "aggregate")
     except sqlite3.Warning as e:  # "You can only execute one statement at a time."
         raise CostdbError(f"query refused: {str(e).splitlines()[0]}; {HELP}") from None
     except sqlite3.Error as e:
+        if timed_out:
+            raise CostdbError(f"query stopped after {timeout_s:g} s; add a LIMIT or narrow it "
+                              "(a recursive CTE without an end?)") from None
         if g.denied or "not authorized" in str(e):
             what = g.denied or "not authorized"
             if "sqlite_" in what:   # a schema change: name the statement, not its effect
@@ -117,4 +140,5 @@ def run(conn: sqlite3.Connection, sql: str, params: Sequence[Any] = ()) -> tuple
         raise CostdbError(f"query failed: {type(e).__name__}: {e}") from None
     finally:
         conn.set_authorizer(None)
+        conn.set_progress_handler(None, 0)
     return cols, rows

@@ -265,6 +265,22 @@ def _wait_for_claims(db: Database, sid: int, device: str, settings_id: int | Non
             time.sleep(0.2)   # polling another process's progress, not synchronising a test
 
 
+def _claim_in_context(db: Database, sid: int, device: str, settings_id: int | None,
+                      model_id: int, signatures: set[str], wait_s: float = CLAIM_WAIT_S) -> bool:
+    """Whether this session should run the in-context step: it claims the step (as the op
+    ``model:<id>`` of kind ``in_context_step``); while another running session holds it, wait
+    for that one to end, then run it only if its figures are still missing."""
+    import time
+    deadline = time.monotonic() + wait_s
+    while True:
+        holder = db.claim_op(sid, device, f"model:{model_id}", settings_id, kind="in_context_step")
+        if holder is None or time.monotonic() > deadline:
+            done = db.done_signatures(device, settings_id, "in_context", model=model_id)
+            return not signatures <= done
+        db.close_stale_sessions(device)
+        time.sleep(0.2)   # polling another process's progress
+
+
 def _resolve_inventory(inventory: Inventory | str | None) -> Inventory:
     if isinstance(inventory, Inventory):
         return inventory
@@ -392,6 +408,9 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
                 if deferred:
                     _wait_for_claims(db, sid, device, settings_id, since, deferred, measure,
                                      result, emit)
+                if ic_todo and not force:   # another profile of this model may trace it now
+                    ic_todo = _claim_in_context(db, sid, device, settings_id, model_id,
+                                                set(graph.signatures()))
                 if ic_todo:
                     result.in_context = _in_context_step(db, device, sid, settings_id, model_id,
                                                          model, graph, settings, entry.profile,

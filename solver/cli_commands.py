@@ -111,7 +111,7 @@ def solve(device, model, graph, batch, input_shape, granularity, mode, solver, t
 @click.option("--deadlines", default=None, help="Comma-separated deadlines, 'none' for no limit.")
 @click.option("--executor", type=click.Choice(["process", "dask", "serial"]), default="process",
               show_default=True, help="Where sweep points run.")
-@click.option("--workers", type=BoundedInt(min=1, max=4096), default=None,
+@click.option("--workers", type=BoundedInt(min=1, max=256), default=None,
               help="Worker processes (default: the cores of this machine).")
 @click.option("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786 "
                                                 "(default with --executor dask: a local cluster).")

@@ -377,15 +377,8 @@ def load_contributions(path: str | Path, layer_names: Iterable[str]) -> dict[str
     """A contribution table from JSON: ``{"layer": {"weight": 0.3, "bias": 0.05}}``, where
     ``weight`` may also be ``{"0.25": 0.2, "1": 0.3}`` (contribution per channel fraction).
     Layers left out contribute nothing."""
-    p = Path(path)
-    if p.exists() and not p.is_file():
-        raise CostdbError(f"contribution table {path} is not a regular file")
-    try:
-        data = json.loads(p.read_text())
-    except OSError as e:
-        raise CostdbError(f"cannot read the contribution table {path}: {e.strerror}") from None
-    except ValueError as e:
-        raise CostdbError(f"contribution table {path} is not valid JSON ({e})") from None
+    from costdb.validate import read_json
+    data = read_json(path, "contribution table")   # regular UTF-8 JSON, bounded size and depth
     return check_contributions(data, layer_names, str(path))
 
 

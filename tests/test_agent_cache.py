@@ -153,3 +153,35 @@ def test_the_launcher_refuses_a_file_changed_after_the_check(sshd, tmp_path):
         assert s.ensure_agent() == (path, True)          # the next start uploads a good copy
     finally:
         s.close()
+
+
+def test_the_launcher_is_python_3_6_and_2_7_syntax():
+    """It runs on the device before the agent's own version check (Jetson TX2: Python 3.6)."""
+    import ast
+    ast.parse(LAUNCHER, feature_version=(3, 6))
+    assert "f'" not in LAUNCHER and 'f"' not in LAUNCHER      # no f-strings (Python 2.7 too)
+
+
+def _slow_python(tmp_path: Path, seconds: int) -> Path:
+    """A python3 that takes ``seconds`` to start (a loaded device importing torch from SD)."""
+    w = tmp_path / "slow-python3"
+    w.write_text(f"#!/bin/sh\nsleep {seconds}\nexec {sys.executable} \"$@\"\n")
+    w.chmod(0o755)
+    return w
+
+
+def test_a_slow_start_is_a_timeout_naming_the_limit_not_missing_software(sshd, tmp_path):
+    entry = sshd.inventory_entry("rpi4b", python=str(_slow_python(tmp_path, 30)),
+                                 start_timeout=2)
+    with pytest.raises(CostdbError) as e:
+        open_ssh_agent(entry)
+    msg = str(e.value)
+    assert "timed out" in msg and "2 s (start_timeout)" in msg and "'rpi4b'" in msg
+    assert "PyTorch is missing" not in msg and "not found" not in msg
+    # the remote `timeout` stopping the agent (exit 124) is a timeout too, naming its setting
+    entry = sshd.inventory_entry("rpi4b", python=str(_slow_python(tmp_path, 30)),
+                                 session_timeout=2, start_timeout=120)
+    with pytest.raises(CostdbError) as e:
+        open_ssh_agent(entry)
+    msg = str(e.value)
+    assert "timed out" in msg and "session_timeout" in msg and "PyTorch" not in msg

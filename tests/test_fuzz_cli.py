@@ -54,7 +54,8 @@ def _check(args: list[str]) -> str:
 
 NUMBERS = st.sampled_from(["0", "-1", "1", "3", "nan", "inf", "-inf", "1e400", "1e308", "1e300",
                            "99999999999999999999999", "1.5", "0x10", "", " ", "1_000", "2e-5",
-                           "9223372036854775808", "-9223372036854775809"])
+                           "9223372036854775808", "-9223372036854775809", "0-99999999999",
+                           "1-0", "0,1"])
 UNITS = st.sampled_from(["", "B", "KiB", "MiB", "GB", "TiB", "s", "ms", "us", "min", "h", "x",
                          "µs", "parsec", "e5"])
 SIZES = st.builds(lambda n, u: n + u, NUMBERS, UNITS)
@@ -93,13 +94,15 @@ READ_COMMANDS = {
               "--deadline", "--threads", "-o", "--binary"],
     "pareto": ["--device", "--model", "--budgets", "--points", "--deadlines", "--executor",
                "--workers", "--time-limit", "--method", "--mode"],
+    "plan-update": ["--device", "--model", "--memory", "--contributions", "--batch", "--settings",
+                    "--kind"],
     "profile": ["--batch", "--input", "--threads", "--samples", "--min-sample-time", "--cpus",
                 "--iterations", "--top", "--cache", "--dtype"],
 }
 POSITIONAL = {"compare": 2}
 
 
-@settings(max_examples=150, **FUZZ)
+@settings(max_examples=400, **FUZZ)
 @given(cmd=st.sampled_from(sorted(READ_COMMANDS)), data=st.data())
 def test_fuzzed_options_of_every_command(fuzz_db, tmp_path_factory, monkeypatch, cmd, data):
     db, d = fuzz_db
@@ -110,7 +113,8 @@ def test_fuzzed_options_of_every_command(fuzz_db, tmp_path_factory, monkeypatch,
     args = [cmd] + [data.draw(VALUES) for _ in range(POSITIONAL.get(cmd, 0))]
     for o in chosen:
         v = data.draw(VALUES)
-        args += [o, _path_arg(v, d) if o in ("-o", "--binary", "--inventory") else v]
+        args += [o, _path_arg(v, d) if o in ("-o", "--binary", "--inventory", "--contributions")
+                 else v]
     if cmd == "profile":
         # never a real measurement here: an unknown model ends the command after the options
         args += ["--model", "no-such-model", "--no-in-context", "--no-iteration"]
@@ -175,7 +179,7 @@ FIELDS = ["id", "deps", "phase", "runtime_s", "energy_j", "output_bytes", "param
           "workspace_bytes", "flops", "name"]
 
 
-@settings(max_examples=120, **FUZZ)
+@settings(max_examples=250, **FUZZ)
 @given(data=st.data())
 def test_fuzzed_graph_files(tmp_path_factory, data):
     work = tmp_path_factory.mktemp("g")

@@ -12,6 +12,7 @@ import shutil
 import sqlite3
 import stat
 import subprocess
+import sys
 import threading
 from pathlib import Path
 
@@ -56,10 +57,10 @@ def test_sizes_and_durations_with_units():
 
 
 @pytest.mark.parametrize("args, expected", [
-    (["profile", "--min-sample-time", "nan"], "'--min-sample-time': 'nan' is not a finite number"),
+    (["profile", "--min-sample-time", "nan"], "--min-sample-time: 'nan' is not a finite number"),
     (["profile", "--min-sample-time", "inf"], "is not a finite number"),
     (["profile", "--min-sample-time", "1e300"], "is out of range"),
-    (["profile", "--samples", "99999999999999999999999"], "'--samples'"),
+    (["profile", "--samples", "99999999999999999999999"], "--samples: "),
     (["profile", "--batch", "1000000000", "--model", "mlp"], "more than 2^31"),
     (["profile", "--input", "3x100000x100000", "--model", "mlp"], "elements, more than"),
     (["solve", "--memory", "1e400"], "has no unit"),
@@ -382,3 +383,48 @@ def test_newer_migration_appended_keeps_older_files_working(tmp_path):
     with costdb.open(tmp_path / "v1.db") as db:
         assert db.version == schema.LATEST
         assert db.claims() == []
+
+
+def test_disk_full_during_a_profile_then_resume_after_freeing_space(runner, tmp_path):
+    """The file system fills up mid-profile: one line, exit 2, the file intact; with space
+    again the same command resumes and every op ends up measured exactly once."""
+    args = ["profile", "--device", "local", "--model", "mlp", "--batch", "4", "--samples", "3",
+            "--min-sample-time", "0.001", "--no-in-context", "--no-iteration", "-q", "--top", "1"]
+    ref = tmp_path / "ref.db"
+    r = runner.invoke(cli, [*args, "--db", str(ref)])
+    assert r.exit_code == 0, r.output
+    need = sum(p.stat().st_size for p in tmp_path.glob("ref.db*"))
+    # the write-ahead log needs room beside the file: ~2.5x the final size fills up mid-profile
+    with _tmpfs(tmp_path / "small", f"{need * 5 // 2 // 1024}k") as mnt:
+        db = mnt / "c.db"
+        env = dict(os.environ, PYTHONPATH=str(Path(__file__).resolve().parents[1]))
+        p = subprocess.run([sys.executable, "-m", "costdb.cli", *args, "--db", str(db)],
+                           env=env, capture_output=True, text=True, timeout=600)
+        assert p.returncode == 2, p.stderr
+        assert "full" in _one_error_line(p.stderr)
+        con = sqlite3.connect(f"file:{db}?mode=ro", uri=True)
+        assert con.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
+        done_before = con.execute("SELECT count(*) FROM measurements").fetchone()[0]
+        con.close()
+        subprocess.run(["mount", "-o", "remount,size=64m", str(mnt)], check=True)
+        r = runner.invoke(cli, [*args, "--db", str(db)])
+        assert r.exit_code == 0, r.output
+        with costdb.open(db, readonly=True) as d:
+            n = d.model_list()[0].n_signatures
+            rows = d.conn.execute("SELECT signature, count(*) FROM measurements GROUP BY 1"
+                                  ).fetchall()
+            assert len(rows) == n and all(c == 1 for _, c in rows)
+            assert 0 < done_before < n             # it did fill up mid-profile
+            assert {s.status for s in d.session_list()} <= {"interrupted", "complete",
+                                                              "failed"}
+
+
+def test_an_endless_query_ends_in_one_line():
+    from costdb import sqlguard
+    conn = sqlite3.connect(":memory:")
+    endless = "WITH RECURSIVE c(x) AS (SELECT 1 UNION ALL SELECT x + 1 FROM c) "
+    with pytest.raises(CostdbError, match="more than 1000 rows; add a LIMIT"):
+        sqlguard.run(conn, endless + "SELECT x FROM c", max_rows=1000)
+    with pytest.raises(CostdbError, match="query stopped after 0.5 s"):
+        sqlguard.run(conn, endless + "SELECT count(*) FROM c", timeout_s=0.5)
+    assert sqlguard.run(conn, endless + "SELECT x FROM c LIMIT 3") == (["x"], [(1,), (2,), (3,)])

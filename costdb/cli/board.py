@@ -8,6 +8,8 @@ from __future__ import annotations
 import click
 
 from costdb.cli.common import console, escape
+from costdb.clitypes import FiniteFloat
+from costdb.units import MAX_DURATION_S
 from costdb.errors import CostdbError
 
 BOARDS = ("qemu-a72",)
@@ -72,7 +74,7 @@ def build(board: str, cache_dir: str | None, torch_version: str | None, mirror: 
 @cache_option
 @click.option("--memory", default="2G", show_default=True, help="Guest RAM, 2G-4G.")
 @click.option("--cpus", type=click.IntRange(1, 8), default=4, show_default=True, help="vCPUs.")
-@click.option("--timeout", type=click.FloatRange(min=1), default=1200, show_default=True,
+@click.option("--timeout", type=FiniteFloat(min=1, max=MAX_DURATION_S), default=1200, show_default=True,
               help="Seconds to wait for sshd.")
 def start(board: str, cache_dir: str | None, memory: str, cpus: int, timeout: float) -> None:
     """Boot the board in the background and wait for sshd; profiles then reuse it."""

@@ -7,18 +7,19 @@ import json
 import click
 
 from costdb.cli.common import console, db_option, escape, estimate_option, settings_option, table
+from costdb.clitypes import BoundedInt, Size
 
 
 @click.command("plan-update")
 @db_option
 @click.option("--device", required=True, help="Device whose measurements to use.")
 @click.option("--model", required=True, help="Model (profiled on the device).")
-@click.option("--memory", required=True, help="RAM budget for training, e.g. 12KiB or 256KiB.")
+@click.option("--memory", required=True, type=Size(), help="RAM budget for training, e.g. 12KiB or 256KiB.")
 @click.option("--contributions", type=click.Path(dir_okay=False), default=None,
               help='JSON table of what updating each layer is worth: {"conv2": {"weight": 0.3, '
                    '"bias": 0.05}} (weight may be {"0.25": 0.2, "1": 0.3} per channel '
                    "fraction). Default: a depth heuristic (docs/solver.md, 'Sparse update').")
-@click.option("--batch", type=int, default=None)
+@click.option("--batch", type=BoundedInt(min=1), default=None)
 @settings_option
 @estimate_option
 @click.option("--json", "as_json", is_flag=True, help="Print the plan and baselines as JSON.")

@@ -36,10 +36,14 @@ def _parse_cpus(text: str | None) -> list[int] | None:
     try:
         for part in text.split(","):
             if "-" in part:
-                a, b = part.split("-")
-                cpus.extend(range(int(a), int(b) + 1))
+                a, b = (int(x) for x in part.split("-"))
+                if not 0 <= a <= b < 65536:
+                    raise ValueError(part)
+                cpus.extend(range(a, b + 1))
             else:
                 cpus.append(int(part))
+            if len(cpus) > 65536 or any(not 0 <= c < 65536 for c in cpus):
+                raise ValueError(part)
     except ValueError:
         raise CostdbError(f"bad --cpus {text!r}; give CPU numbers like 0,1 or 0-3") from None
     available = sorted(os.sched_getaffinity(0))
@@ -269,7 +273,10 @@ def profile(devices: tuple[str, ...], model: str, batch: int | None, input_shape
                              "already measured; use --force to measure again"))
         else:
             err.print(escape(f"{device}: measured {res.measured} of {res.planned} ops ({res.skipped} "
-                             f"already in the database), session {res.session_id} {res.status}"))
+                             f"already in the database"
+                             + (f", {res.concurrent} measured meanwhile by another profile"
+                                if getattr(res, "concurrent", 0) else "")
+                             + f"), session {res.session_id} {res.status}"))
         if res.unstable:
             err.print(f"[yellow]Warning:[/] {escape(unstable_summary(db_path, res.model_key, res.unstable))}")
         for f in res.failed:

@@ -4,6 +4,7 @@ from __future__ import annotations
 import click
 
 from costdb.cli.common import db_option, estimate_option, output_option, settings_option
+from costdb.clitypes import BoundedInt
 
 
 @click.command()
@@ -11,7 +12,7 @@ from costdb.cli.common import db_option, estimate_option, output_option, setting
 @click.option("--model", default=None, help="Model as 'costdb solve' takes it: a zoo name, a stored "
                                             "key or path/to/file.py:factory (default: every model "
                                             "with data on the device).")
-@click.option("--batch", type=click.IntRange(min=1), default=None,
+@click.option("--batch", type=BoundedInt(min=1), default=None,
               help="Batch size of the --model variant (when several are stored).")
 @click.option("--input", "input_shape", default=None, metavar="CxHxW",
               help="Input shape of the --model variant (when several are stored).")
