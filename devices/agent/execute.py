@@ -229,6 +229,15 @@ def _sgd(p, options):
         return torch.optim.SGD([p], **options)
 
 
+def _momentum(model):
+    out = {}
+    for q, o in model.optimizers.items():
+        buf = o.state.get(model.params[q], {}).get("momentum_buffer")
+        if buf is not None:
+            out[q] = buf.clone()
+    return out
+
+
 def _opt_state(opt):
     st = {}
     for p, s in opt.state.items():
@@ -243,10 +252,26 @@ def _set_opt_state(opt, p, st):
 
 
 def _sgd_step(model, q, grad):
+    """The graph's update node: SGD on one tensor, as ``torch.optim.SGD`` computes it
+    (dampening 0, no Nesterov) without the optimizer's per-call Python (the agent's ``sgd``
+    kernel times the same arithmetic). The momentum buffer lives in the optimizer's state, so
+    the plain iteration's ``torch.optim.SGD.step()`` and this one share it; the check compares
+    them."""
     p = model.params[q]
-    p.grad = grad
-    model.optimizers[q].step()
-    p.grad = None
+    o = model.sgd
+    with torch.no_grad():
+        if o["weight_decay"]:
+            grad = grad.add(p, alpha=o["weight_decay"])
+        if o["momentum"]:
+            st = model.optimizers[q].state[p]
+            buf = st.get("momentum_buffer")
+            if buf is None:
+                buf = torch.clone(grad).detach()
+                st["momentum_buffer"] = buf
+            else:
+                buf.mul_(o["momentum"]).add_(grad)
+            grad = buf
+        p.add_(grad, alpha=-o["lr"])
 
 
 # --- forward op dispatch ----------------------------------------------------------------------
@@ -952,6 +977,7 @@ def _one_iteration(model, plan, run_dir, device, tolerance, meter, warmup, audit
     stats = ex.stats()
     got_params = dict((q, p.detach().clone()) for q, p in model.params.items())
     got_buffers = dict((q, b.clone()) for q, b in model.buffers.items())
+    got_momentum = _momentum(model)
     got_grads = dict(grads)
     del ex, grads
     # the reference: the same state, the same random state, a plain iteration
@@ -966,6 +992,8 @@ def _one_iteration(model, plan, run_dir, device, tolerance, meter, warmup, audit
     d_g, e_g = _compare(ref_grads, got_grads, "gradients", tolerance)
     d_p, e_p = _compare(ref_params, got_params, "updated parameters", tolerance)
     d_b, e_b = _compare(dict(model.buffers), got_buffers, "buffers", tolerance)
+    d_m, e_m = _compare(_momentum(model), got_momentum, "momentum buffers", tolerance)
+    d_b, e_b = max(d_b, d_m), e_b and e_m
     # continue from the scheduled iteration's state (equal to the reference's)
     with torch.no_grad():
         for q, p in model.params.items():
