@@ -83,6 +83,19 @@ def _sync(device):
         torch.cuda.synchronize()
 
 
+def _rng_state(device):
+    """The random state a dropout draws from (CPU, plus the GPU's on CUDA)."""
+    if device.startswith("cuda"):
+        return (torch.get_rng_state(), torch.cuda.get_rng_state(device))
+    return (torch.get_rng_state(), None)
+
+
+def _set_rng_state(device, state):
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
+
+
 def _hooks_available():
     return hasattr(torch.autograd, "graph") and hasattr(torch.autograd.graph, "saved_tensors_hooks")
 
@@ -561,10 +574,10 @@ class Executor(object):
         rng_saved = None
         if n.get("random"):
             if recompute:
-                rng_saved = torch.get_rng_state()
-                torch.set_rng_state(self.rng[idx])
+                rng_saved = _rng_state(self.device)
+                _set_rng_state(self.device, self.rng[idx])
             else:
-                self.rng[idx] = torch.get_rng_state()
+                self.rng[idx] = _rng_state(self.device)
         stats = None
         if n["kind"] == "fwd":
             ins = self.fx[n["fx"]]
@@ -581,7 +594,7 @@ class Executor(object):
                         out = _call(self.m, ins, lambda a: self._eval_arg(graph, a), stats)
         finally:
             if rng_saved is not None:
-                torch.set_rng_state(rng_saved)
+                _set_rng_state(self.device, rng_saved)
         if n["kind"] == "fwd" and ins.get("op") == "batch_norm" and not recompute:
             _bump_batches(self.m, ins)
         optr = _ptr(out)
@@ -948,7 +961,7 @@ def run_request(req, meter=None):
 
 def _one_iteration(model, plan, run_dir, device, tolerance, meter, warmup, audit=False):
     snap = model.snapshot()
-    rng = torch.get_rng_state()
+    rng = _rng_state(device)
     gc.collect()
     _trim_heap()
     if device.startswith("cuda"):
@@ -982,7 +995,7 @@ def _one_iteration(model, plan, run_dir, device, tolerance, meter, warmup, audit
     del ex, grads
     # the reference: the same state, the same random state, a plain iteration
     model.restore(snap)
-    torch.set_rng_state(rng)
+    _set_rng_state(device, rng)
     _sync(device)
     t0 = time.perf_counter()
     ref_grads = plain_iteration(model)
