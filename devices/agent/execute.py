@@ -582,8 +582,11 @@ class Executor(object):
         if n["kind"] == "fwd":
             ins = self.fx[n["fx"]]
             if ins.get("op") == "batch_norm" and recompute:
-                stats = (self.m.buffers[ins["buffers"]["running_mean"]].clone(),
-                         self.m.buffers[ins["buffers"]["running_var"]].clone())
+                # a recomputation must not update the running statistics a second time: run on
+                # the buffers themselves (autograd saves them; they are persistent) and put their
+                # values back
+                stats = [(b, b.clone()) for b in (self.m.buffers[ins["buffers"]["running_mean"]],
+                                                   self.m.buffers[ins["buffers"]["running_var"]])]
         try:
             with torch.enable_grad() if needs_graph else torch.no_grad():
                 with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
@@ -591,8 +594,12 @@ class Executor(object):
                         logits = _decode(self.prog["output"], lambda a: self._eval_arg(graph, a))
                         out = _loss(self.m, logits)
                     else:
-                        out = _call(self.m, ins, lambda a: self._eval_arg(graph, a), stats)
+                        out = _call(self.m, ins, lambda a: self._eval_arg(graph, a))
         finally:
+            if stats is not None:
+                with torch.no_grad():
+                    for b, v in stats:
+                        b.copy_(v)
             if rng_saved is not None:
                 _set_rng_state(self.device, rng_saved)
         if n["kind"] == "fwd" and ins.get("op") == "batch_norm" and not recompute:
