@@ -104,7 +104,7 @@ def main() -> None:
     for b in budgets:
         for mode in args.modes.split(","):
             try:
-                res, _, sid = run_solve(args.db, "local", args.model, memory=str(b), mode=mode,
+                res, _, sid = run_solve(args.db, "local", args.model, memory=f"{b}B", mode=mode,
                                         solver=args.solver, time_limit=args.time_limit,
                                         method=args.method, batch=args.batch,
                                         input_shape=args.input)

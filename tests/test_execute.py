@@ -165,7 +165,7 @@ def solved(tmp_path):
     hi = inst.no_savings_peak()
     lo = simulate(inst, page_everything(inst)).peak_memory_bytes
     budget = lo + (hi - lo) // 4
-    res, inst, sid = run_solve(str(db), "local", "tinycnn", memory=str(budget), mode="integrated",
+    res, inst, sid = run_solve(str(db), "local", "tinycnn", memory=f"{budget}B", mode="integrated",
                                solver="cbc", batch=2, time_limit=60)
     assert res.feasible
     return db, sid, inst, res
@@ -470,7 +470,7 @@ def test_a_solved_integrated_schedule_with_savings_runs_bit_exact(tmp_path):
     lo, _ = min_feasible_budget(inst, "integrated", solver="cbc", time_limit=20)
     budget = lo + (hi - lo) // 3
     assert budget < hi
-    res, inst, sid = run_solve(str(db), "local", "bert-tiny", memory=str(budget), solver="cbc",
+    res, inst, sid = run_solve(str(db), "local", "bert-tiny", memory=f"{budget}B", solver="cbc",
                                batch=2, input_shape="16", time_limit=10)
     c = res.schedule.counts()
     assert c["recomputes"] + c["pageouts"] > 0
