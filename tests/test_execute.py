@@ -312,6 +312,18 @@ def test_costdb_run_over_loopback_sshd(sshd, tmp_path, runner):
     assert rec.pageout_bytes == rec.predicted_pageout_bytes > 0
     assert rec.agent_version is not None and rec.extra["run_dir_removed"]
     assert os.listdir(store) == []
+    # the storage request over the same link: the device's paging speed, stored; the next run
+    # sets its measured paging time beside what that profile predicts
+    from solver.execute import measure_storage
+    sp = measure_storage(str(db), "lab-pi", inventory, total_bytes=1 << 20, block_bytes=1 << 16)
+    assert sp.path == str(store) and sp.write_bytes_per_s > 0 and sp.read_latency_s > 0
+    assert os.listdir(store) == []
+    r = runner.invoke(cli, ["run", "--device", "lab-pi", "--schedule", str(sid), "--db", str(db),
+                            "--inventory", str(inv), "--iterations", "1", "--warmups", "0"])
+    assert r.exit_code == 0, r.output
+    assert f"measured storage profile #{sp.id} predicts" in r.output
+    with costdb.open(db) as d:
+        assert d.run(2).extra["paging_s_measured_storage"] > 0
 
 
 def test_report_shows_measured_beside_predicted(profiled_mlp, tmp_path):
