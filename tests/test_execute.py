@@ -226,7 +226,6 @@ def _tmpfs(path: Path, size: str) -> bool:
 
 def test_full_storage_stops_cleanly_and_stores_nothing(solved, tmp_path):
     from solver.execute import run_schedule
-    from solver.store import save_schedule  # noqa: F401  (the schedule below is validated)
     db, sid, inst, res = solved
     full = tmp_path / "small"
     if not _tmpfs(full, "8k"):

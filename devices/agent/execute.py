@@ -31,7 +31,6 @@ where the host asks for one. A mismatch raises :class:`ExecutionError`.
 import ctypes
 import gc
 import importlib
-import operator
 import os
 import shutil
 import sys
