@@ -306,6 +306,10 @@ def summary_lines(rec: RunRecord) -> list[str]:
         lines.append(f"paging {fmt_seconds((rec.pagein_s or 0) + (rec.pageout_s or 0))} measured; the "
                      f"device's measured storage profile #{rec.extra['storage_profile_id']} predicts "
                      f"{fmt_seconds(rec.extra['paging_s_measured_storage'])} for the same bytes")
+    if rec.cost_provenance == "modeled":
+        lines.append("note: the schedule was solved with modelled costs (the device was not "
+                     "profiled): the predicted runtime and energy are POET's analytic model; "
+                     "profile the model first (costdb profile) for a measured prediction")
     if rec.costs_changed:
         lines.append("note: the device's costs changed since the schedule was solved; the "
                      "prediction is the solver's at solve time")
