@@ -190,6 +190,22 @@ _register(replace(
     description="Emulated Cortex-M4F (QEMU mps2-an386) over TCP serial; stands in for nrf52840"))
 
 
+# The SSH side's emulated board: QEMU's `virt` machine with `-cpu cortex-a72` (the Pi 4B's core,
+# ARMv8.0-A) booting a Debian 12 arm64 image costdb builds itself (devices/emulated/). Runtimes
+# are QEMU TCG wall-clock times (provenance "emulated"): never Pi 4B timings.
+_register(replace(
+    CATALOG["rpi4b"], name="qemu-a72", board="QEMU virt (Cortex-A72, emulated)",
+    cpu="4x Cortex-A72 (QEMU TCG)", ram_bytes=2 * 1024**3, clock_hz=0.0,
+    energy_sensors=(),
+    sources={**CATALOG["rpi4b"].sources,
+             "cpu/clock/ram": "QEMU 'virt' machine, -cpu cortex-a72 -smp 4 -m 2G (2-4 GiB, "
+                              "costdb board start --memory); no clock: TCG translates, it does "
+                              "not count cycles",
+             "power": "modelled with the Raspberry Pi 4B figures (POET chipsets.py RPi)"},
+    description="Emulated Cortex-A72 board (QEMU virt, Debian 12 arm64, PyPI's aarch64 torch) "
+                "over SSH on 127.0.0.1; stands in for rpi4b"))
+
+
 def catalog() -> dict[str, DeviceProfile]:
     """All built-in profiles, ``local`` computed for this host."""
     out = dict(CATALOG)
@@ -208,5 +224,7 @@ def get_profile(name: str, inventory: Any = None) -> DeviceProfile:
         known = list(profiles)
         if inventory is not None:
             known = sorted(set(known) | set(inventory.devices))
-        raise CostdbError(f"unknown device {name!r}; known devices: {', '.join(known)}")
+        from costdb.errors import did_you_mean
+        raise CostdbError(f"unknown device {name!r}{did_you_mean(name, known)}; known devices: "
+                          f"{', '.join(known)}")
     return profiles[name]

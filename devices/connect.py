@@ -23,6 +23,8 @@ def entry_for(name: str, inventory: Inventory) -> InventoryEntry:
         return _local_entry(profile)
     if profile.transport == "serial" and name.startswith("qemu-"):
         return InventoryEntry(name, profile, "serial", {"qemu": True}, {}, "catalog")
+    if profile.transport == "ssh" and name.startswith("qemu-"):  # devices/emulated: own VM
+        return InventoryEntry(name, profile, "ssh", {"qemu": True}, {}, "catalog")
     where = inventory.path or "the inventory (~/.config/costdb/inventory.toml)"
     if profile.transport == "ssh":
         fix = f'add [devices.{name}] with host = "ssh-alias" to {where}'
@@ -47,6 +49,11 @@ def connect(entry: InventoryEntry, cpus: list[int] | None = None, threads: int |
             yield agent
         finally:
             agent.close()
+        return
+    if entry.transport == "ssh" and entry.connection.get("qemu"):
+        from devices.emulated.agent import open_emulated_agent
+        with open_emulated_agent(entry, threads=threads, options=options) as agent:
+            yield agent
         return
     if entry.transport == "ssh":
         try:

@@ -110,10 +110,8 @@ COMMON_SCHEMA: dict[str, tuple[Check, str]] = {
     "sensor_options": _TABLE,
     "sysfs_root": _PATH,
     "threads": _int_range(1, 4096),
-    # costdb run (docs/execute.md): where paging files go, and the agent's compute unit
     "storage_path": _PATH,
-    "compute_unit": ((lambda v: v in ("cpu", "cuda") or (isinstance(v, str) and v.startswith("cuda:"))),
-                     '"cpu", "cuda" or "cuda:N"'),
+    "compute_unit": (lambda v: v in ("cpu", "cuda"), "'cpu' or 'cuda'"),
 }
 ALL_KEYS = sorted(set(SSH_SCHEMA) | set(SERIAL_SCHEMA) | set(COMMON_SCHEMA))
 

@@ -32,13 +32,21 @@ def check_reachable(name: str, inventory: Inventory, timeout: float = 3.0) -> tu
         return False, str(e).split("; ", 1)[-1]
     if entry.transport == "local":
         return True, "in-process"
+    if entry.transport == "ssh" and entry.connection.get("qemu"):
+        from devices.emulated.image import load_image
+        img = load_image(entry.name)
+        if not shutil.which("qemu-system-aarch64"):
+            return False, "qemu-system-aarch64 not installed (apt-get install qemu-system-arm)"
+        if img is None:
+            return False, f"no image yet: costdb board build {entry.name}"
+        return True, f"image {img.dir} (torch {img.manifest.get('torch')}), started on demand"
     if entry.transport == "ssh":
         host, port = _ssh_target(entry.connection)
         try:
             with socket.create_connection((host, port), timeout=timeout) as s:
                 banner = s.recv(64).decode("ascii", "replace").strip()
-        except OSError as e:
-            return False, f"{host}:{port} {e.strerror or e}"
+        except (OSError, UnicodeError, ValueError) as e:   # a bad name fails in the IDNA codec
+            return False, f"{host}:{port} {getattr(e, 'strerror', None) or e}"
         # the port answers: log in for real (host key verified, key accepted), run nothing
         try:
             from devices.ssh import SshSession, resolve_target

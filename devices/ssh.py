@@ -112,6 +112,21 @@ def _one_line(text: str, limit: int = 300) -> str:
     return s if len(s) <= limit else s[:limit - 3] + "..."
 
 
+def illegal_instruction(e: "AgentDied") -> bool:
+    """The agent died of SIGILL (exit 132 from a shell, -1 when sshd sent the signal; the
+    agent's faulthandler prints "Fatal Python error: Illegal instruction")."""
+    return e.status == 132 or "Illegal instruction" in (e.stderr or "")
+
+
+def _crash_site(stderr: str) -> str:
+    """' in import torch (…/torch/__init__.py)' from a faulthandler traceback, if there is one."""
+    for line in (stderr or "").splitlines():
+        if "torch" in line and 'File "' in line:
+            path = line.split('File "', 1)[1].split('"', 1)[0]
+            return f" in import torch ({path})"
+    return ""
+
+
 # --- where and how to connect ------------------------------------------------------------------
 
 @dataclass
@@ -305,7 +320,7 @@ def _connect_client(target: SshTarget, sock: Any = None) -> paramiko.SSHClient:
         raise CostdbError(f"device {t.device!r}: cannot reach {t.address}: timed out after "
                           f"{t.connect_timeout:g} s; check the device is on and on the network, or "
                           "fix hostname/port in the inventory") from None
-    except (OSError, paramiko.SSHException, EOFError) as e:
+    except (OSError, paramiko.SSHException, EOFError, UnicodeError) as e:
         client.close()
         reason = getattr(e, "strerror", None) or _one_line(str(e), 120) or type(e).__name__
         raise CostdbError(f"device {t.device!r}: cannot reach {t.address}: {reason}; check the "
@@ -737,6 +752,12 @@ class SshAgent:
         if e.status == 126:
             return CostdbError(f"device {dev!r}: {py} is not executable on the device; fix python = "
                                "in the inventory")
+        if illegal_instruction(e):
+            return CostdbError(f"device {dev!r}: {py} crashed with SIGILL (illegal instruction) "
+                               f"starting the agent{_crash_site(e.stderr)}: its torch build uses CPU "
+                               "instructions this device lacks (a Cortex-A72/Pi 4B is ARMv8.0-A); "
+                               "install a torch release built for it (docs/emulated.md lists the "
+                               "ones that work)")
         if e.status in (124, 137) and "PyTorch is not installed" not in err:
             # the remote `timeout` ended it (124) or killed it after the grace period (137)
             return CostdbError(f"device {dev!r}: timed out: '{py} {self.agent_path}' was stopped "
@@ -845,7 +866,8 @@ class SshAgent:
             except CostdbError as e:
                 msg = str(e)
                 if "authentication failed" in msg or "CHANGED" in msg or "not known" in msg \
-                        or "not found on the device" in msg or "PyTorch is missing" in msg:
+                        or "not found on the device" in msg or "PyTorch is missing" in msg \
+                        or "SIGILL" in msg:
                     raise
                 last = msg
             except LinkLost as e:
@@ -923,8 +945,10 @@ class SshAgent:
                     "runtime_provenance": self.runtime_provenance}
         except AgentDied as e:
             self._reconnect_or_restart()
+            why = ("crashed with SIGILL (illegal instruction): the device's torch build uses CPU "
+                   "instructions this CPU lacks") if illegal_instruction(e) else "out of memory?"
             return {"signature": spec.get("signature"), "status": "error",
-                    "error": f"the agent died twice {what} ({e}); out of memory?",
+                    "error": f"the agent died twice {what} ({_one_line(str(e), 120)}); {why}",
                     "runtime_provenance": self.runtime_provenance}
 
     def run_schedule(self, request: dict[str, Any]) -> dict[str, Any]:

@@ -329,10 +329,13 @@ def build_graph(module: nn.Module, input_shape: Shape, batch: int = 8, name: str
     """
     if batch < 1:
         raise CostdbError(f"batch must be a positive integer, got {batch}")
-    if dtype not in ("float32", "float16", "bfloat16", "float64"):
-        raise CostdbError(f"dtype {dtype!r} is not supported for torch graphs; use float32")
+    if dtype not in ("float32", "float16", "bfloat16", "float64", "int8"):
+        raise CostdbError(f"dtype {dtype!r} is not supported for torch graphs; use float32 "
+                          f"(or int8 for the Cortex-M firmware)")
     module = module.train()
-    tdtype = {v: k for k, v in DTYPE_NAMES.items()}[dtype]
+    # int8: the quantised training graph the Cortex-M firmware runs (docs/firmware.md): the same
+    # ops and shapes, traced in float32, with 1-byte tensors
+    tdtype = {v: k for k, v in DTYPE_NAMES.items()}["float32" if dtype == "int8" else dtype]
     module = module.to(tdtype)
     shape = (batch, *input_shape)
     if input_dtype == "int64":
@@ -340,7 +343,7 @@ def build_graph(module: nn.Module, input_shape: Shape, batch: int = 8, name: str
     else:
         example = torch.randn(shape, dtype=tdtype)
     with torch.no_grad():
-        fwd_ops, out = _trace_forward(module, example, dtype)
+        fwd_ops, out = _trace_forward(module, example, "float32" if dtype == "int8" else dtype)
 
     nodes: list[Node] = []
 

@@ -4,6 +4,22 @@ from __future__ import annotations
 import pytest
 from click.testing import CliRunner
 
+
+def pytest_addoption(parser):
+    parser.addoption("--slow", action="store_true", default=False,
+                     help="also run tests marked slow (e.g. the emulated Cortex-A72 board: builds "
+                          "a Debian image on first use, boots QEMU; see docs/emulated.md)")
+
+
+def pytest_collection_modifyitems(config, items):
+    import os
+    if config.getoption("--slow") or os.environ.get("COSTDB_SLOW") == "1":
+        return
+    skip = pytest.mark.skip(reason="slow test: run with --slow (or COSTDB_SLOW=1)")
+    for item in items:
+        if "slow" in item.keywords:
+            item.add_marker(skip)
+
 #: Enough samples to exercise the statistics, few enough to keep the suite fast.
 FAST = {"samples": 3, "min_sample_time": 0.001, "warmups": 1}
 

@@ -64,7 +64,7 @@ def test_models_sharing_ops_are_measured_once(runner, db_path):
 
 @pytest.mark.parametrize("args, message", [
     (["profile", "--device", "cray-1"],
-     "Error: unknown device 'cray-1'; known devices: jetson-tx2, local, mkr1000, nrf52840, qemu-m0, qemu-m4f, rpi4b"),
+     "Error: unknown device 'cray-1'; known devices: jetson-tx2, local, mkr1000, nrf52840, qemu-a72, qemu-m0, qemu-m4f, rpi4b"),
     (["profile", "--model", "alexnet"],
      "Error: unknown model 'alexnet'; known models: resnet18, resnet50, vgg16, mobilenetv2, bert-tiny, "
      "mlp, tinycnn (or path/to/file.py:factory)"),

@@ -13,6 +13,7 @@ loads click and nothing heavy (no pandas, torch, solver or rich).
     fleet.py     costdb compare | merge
     report.py    costdb report
     plan.py      costdb plan-update (solver/sparse_update.py)
+    board.py     costdb board build | start | stop | status (emulated SSH boards)
     (solver/cli_commands.py: costdb solve | pareto; solver/cli_run.py: costdb run | storage)
 """
 from __future__ import annotations
@@ -77,10 +78,10 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from costdb.cli import catalog, fleet, history, plan, profile, read, report
+    from costdb.cli import board, catalog, fleet, history, plan, profile, read, report
     from solver import cli_run
     from solver.cli_commands import pareto, solve
-    for mod in (profile, read, catalog, history, report, fleet, plan):
+    for mod in (profile, read, catalog, history, report, fleet, plan, board):
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
     cli.add_command(solve, "solve")

@@ -9,6 +9,14 @@ import sys
 
 
 def main(argv=None):
+    # A torch wheel built for newer CPUs dies with SIGILL inside "import torch" (e.g. on a
+    # Cortex-A72, ARMv8.0-A like the Pi 4B): faulthandler names the signal and the import on
+    # stderr before the process ends, so the host can say so in one line.
+    try:
+        import faulthandler
+        faulthandler.enable()
+    except (ImportError, RuntimeError, ValueError):  # no usable stderr: nothing to report on
+        pass
     try:
         import torch  # noqa: F401
     except ImportError:

@@ -26,13 +26,76 @@ def _int(v):
         return None
 
 
+#: (implementer, part) from arm64 /proc/cpuinfo -> core name (Linux arch/arm64 cputype.h)
+ARM_PARTS = {
+    (0x41, 0xd03): "ARM Cortex-A53", (0x41, 0xd04): "ARM Cortex-A35",
+    (0x41, 0xd05): "ARM Cortex-A55", (0x41, 0xd07): "ARM Cortex-A57",
+    (0x41, 0xd08): "ARM Cortex-A72", (0x41, 0xd09): "ARM Cortex-A73",
+    (0x41, 0xd0a): "ARM Cortex-A75", (0x41, 0xd0b): "ARM Cortex-A76",
+    (0x41, 0xd0c): "ARM Neoverse-N1", (0x41, 0xd0d): "ARM Cortex-A77",
+    (0x41, 0xd40): "ARM Neoverse-V1", (0x41, 0xd41): "ARM Cortex-A78",
+    (0x41, 0xd44): "ARM Cortex-X1", (0x41, 0xd46): "ARM Cortex-A510",
+    (0x41, 0xd47): "ARM Cortex-A710", (0x41, 0xd49): "ARM Neoverse-N2",
+    (0x41, 0xd4b): "ARM Cortex-A78C", (0x41, 0xd4f): "ARM Neoverse-V2",
+    (0x4e, 0x003): "NVIDIA Denver 2", (0x4e, 0x004): "NVIDIA Carmel",
+    (0x61, 0x022): "Apple M1 Icestorm", (0x61, 0x023): "Apple M1 Firestorm",
+}
+
+
+def _hex(v):
+    try:
+        return int(v, 16)
+    except (TypeError, ValueError):
+        return None
+
+
+def arm_cores(text):
+    """Core types from an arm64 /proc/cpuinfo (which has no "model name" line): one
+    (name, count) per core type in order of appearance, e.g. [("NVIDIA Denver 2", 2),
+    ("ARM Cortex-A57", 4)] on a Jetson TX2. Unknown parts are named by their ids."""
+    order, counts = [], {}
+    implementer = None
+    for line in (text or "").splitlines():
+        key, _, value = line.partition(":")
+        key, value = key.strip(), value.strip()
+        if key == "CPU implementer":
+            implementer = _hex(value)
+        elif key == "CPU part" and implementer is not None:
+            part = _hex(value)
+            name = ARM_PARTS.get((implementer, part),
+                                 "arm64 implementer 0x%02x part 0x%03x" % (implementer, part or 0))
+            if name not in counts:
+                order.append(name)
+                counts[name] = 0
+            counts[name] += 1
+            implementer = None
+    return [(n, counts[n]) for n in order]
+
+
 def cpu_model(root="/"):
+    """The CPU's name: x86 "model name"; on arm64 the cores decoded from implementer/part
+    ("4x ARM Cortex-A72"); else the first of Hardware/Model/cpu model/Processor."""
     text = _read(root, "/proc/cpuinfo") or ""
-    for key in ("model name", "Hardware", "Model", "cpu model", "Processor"):
+    for line in text.splitlines():
+        if line.split(":")[0].strip() == "model name" and ":" in line:
+            return line.split(":", 1)[1].strip()
+    cores = arm_cores(text)
+    if cores:
+        return " + ".join("%dx %s" % (n, name) for name, n in cores)
+    for key in ("Hardware", "Model", "cpu model", "Processor"):
         for line in text.splitlines():
             if line.split(":")[0].strip() == key and ":" in line:
                 return line.split(":", 1)[1].strip()
     return platform.processor() or None
+
+
+def cpu_features(root="/"):
+    """The first CPU's feature flags (arm64 "Features", x86 "flags"): what a torch build may use."""
+    for line in (_read(root, "/proc/cpuinfo") or "").splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() in ("Features", "flags"):
+            return value.split()
+    return None
 
 
 def cpufreq(root="/"):
@@ -171,6 +234,7 @@ def collect(root="/"):
     facts = {
         "board": _read(root, "/proc/device-tree/model"),
         "cpu_model": cpu_model(root),
+        "cpu_features": cpu_features(root),
         "cores": os.cpu_count(),
         "cpufreq": freq,
         "governors": governors,
