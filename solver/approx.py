@@ -39,7 +39,10 @@ def lp_round(inst, res, opts: Options, heur, solver: str = "highs", time_limit: 
         res.message = "the LP relaxation is infeasible: no schedule meets the budget and deadline"
         res.solve_time_s = time.perf_counter() - t0
         return res
-    lp_bound = raw.objective * form.e_scale if raw.objective is not None else None
+    # only a solved LP relaxation is a lower bound (an interrupted simplex is not)
+    lp_bound = raw.objective * form.e_scale if raw.objective is not None and \
+        raw.status == "optimal" else None
+    res.options["lp_bound_j"] = lp_bound
     n = inst.n
     S = {k: _val(v) for k, v in form.S.items()}
     Min = {k: _val(v) for k, v in form.Min.items()}
@@ -58,7 +61,10 @@ def lp_round(inst, res, opts: Options, heur, solver: str = "highs", time_limit: 
                 elif on(S.get((t + 1, i), 0.0), th_s):
                     kt.add(i)
             keep.append(kt)
-        pout = {i for i, x in P.items() if on(x, th_p)} if not opts.compat else set()
+        if opts.compat:     # a value paged out (POET's Mout, any stage) -> faithful plan first
+            pout = {i for (_s, i), v in form.Mout.items() if on(_val(v), th_p)}
+        else:
+            pout = {i for i, x in P.items() if on(x, th_p)}
         pagein = [set() for _ in range(n)]
         for (t, i), x in Min.items():
             if i in pout and i in keep[t] and on(x, th_p):
@@ -66,7 +72,8 @@ def lp_round(inst, res, opts: Options, heur, solver: str = "highs", time_limit: 
         pout = {i for i in pout if any(i in p for p in pagein)}
         sched = plan_to_schedule(inst, keep, pout, pagein, opts.overlap)
         if opts.compat:
-            sched = Schedule(sched.stages, compat=True, overlap=False)
+            from solver.baselines import to_compat
+            sched = to_compat(sched)
         return sched
 
     candidates = [plan(th, th, None) for th in THRESHOLDS]

@@ -186,6 +186,25 @@ def page_everything(inst: Instance, overlap: bool = False) -> Schedule:
     return plan_to_schedule(inst, keep, pout, pagein, overlap)
 
 
+def to_compat(sched: Schedule) -> Schedule:
+    """The same plan under the published (compat) semantics, where a page-out writes a value that
+    was resident when its stage started: each page-out of node ``i`` right after its computation
+    moves to stage ``i + 1`` and ``i`` is kept across that boundary. Memory can only grow (the
+    caller replays it against the budget); paging stays outside the compat deadline."""
+    stages = list(sched.stages)
+    n = len(stages)
+    keep = [set(s.keep) for s in stages]
+    pout: list[set[int]] = [set() for _ in range(n)]
+    for t, s in enumerate(stages):
+        for i in s.pageout:
+            if t + 1 < n:
+                keep[t].add(i)
+                pout[t + 1].add(i)
+    out = tuple(Stage(s.compute, tuple(sorted(keep[t])) if t + 1 < n else (), s.pagein,
+                      tuple(sorted(pout[t]))) for t, s in enumerate(stages))
+    return Schedule(out, compat=True, overlap=False)
+
+
 BASELINES = ("checkpoint_all", "chen_sqrt", "paging_heuristic")
 
 

@@ -43,7 +43,7 @@ def _common(f):
                      help="auto: the faster formulation for the instance; milp: the PuLP/HiGHS MILP; "
                           "cpsat: the retention-interval model (OR-Tools CP-SAT); lp_round: LP "
                           "relaxation + rounding (fast, approximate)."),
-        click.option("--max-computations", type=click.IntRange(min=1), default=None,
+        click.option("--max-computations", type=BoundedInt(min=1, max=4096), default=None,
                      help="cpsat: computations (and page-ins) per value, default 2; a schedule "
                           "needing more is cut off (docs/solver.md)."),
         click.option("--inventory", type=click.Path(dir_okay=False), default=None,

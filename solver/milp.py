@@ -41,6 +41,8 @@ from solver.schedule import Schedule, Stage
 MODES = ("integrated", "remat", "paging")
 SOLVERS = ("highs", "cbc")
 SCALE_TARGET = 1e4       # a training pass costs ~SCALE_TARGET energy / time units
+#: extra HiGHS options for every MILP / LP (name -> value); empty = HiGHS's defaults
+HIGHS_OPTIONS: dict[str, Any] = {}
 
 
 def exact_memory_units(inst: Instance, budget: int | None, compat: bool
@@ -71,6 +73,7 @@ class Options:
     overlap: bool = False
     allow_bwd_remat: bool | None = None   # None: True in compat mode, False otherwise
     symmetry_cuts: bool = True
+    knapsack_rows: bool = True
     prune: bool = True
 
     def __post_init__(self) -> None:
@@ -348,6 +351,30 @@ class Formulation:
                     if self.ws[k]:
                         cons.append(expr([(u, 1.0), (rk, float(self.ws[k]))], rkc * self.ws[k]) <= cap)
                     prev = k
+        # explicit knapsack rows (redundant with the recurrence, but pure binary rows on which
+        # HiGHS can separate cover cuts): when node t runs, its inputs, its output, its
+        # workspace and every value kept into stage t+1 that is not paged in during t are in RAM
+        if self.cap is not None and opt.knapsack_rows:
+            cap = max(self.cap, 0)
+            for t in range(n - 1):
+                if self.slack[t]:
+                    continue
+                dset = set(self.deps[t])
+                const = sum(self.m[d] for d in dset) + self.m[t] + self.ws[t]
+                terms = []
+                for i in range(t):
+                    if i in dset or self.m[i] == 0:
+                        continue
+                    sv, sc = s_term(t + 1, i)
+                    if sv is None:
+                        const += sc * self.m[i]
+                        continue
+                    terms.append((sv, float(self.m[i])))
+                    mv = Min.get((t, i))
+                    if mv is not None and not opt.overlap:
+                        terms.append((mv, -float(self.m[i])))
+                if terms:
+                    cons.append(expr(terms, const) <= cap)
         # deadline
         rt = [nd.runtime_s / self.t_scale for nd in inst.nodes]
         tin = [inst.pagein_time(i) / self.t_scale for i in range(n)]
@@ -582,6 +609,8 @@ class _HiGHS(pulp.HiGHS):
             sol.value_valid = True
             h.setSolution(sol)
         t0 = time.perf_counter()
+        for k, v in HIGHS_OPTIONS.items():
+            h.setOptionValue(k, v)
         if self.wall_deadline is not None:
             # the limit covers the bulk model pass too (seconds on ResNet-50)
             h.setOptionValue("time_limit", max(0.05, self.wall_deadline - t0))

@@ -108,13 +108,14 @@ def best_heuristic(inst: Instance, mode: str, budget: int | None, deadline: floa
                    overlap: bool = False, compat: bool = False
                    ) -> tuple[str, Schedule, SimResult] | None:
     """The lowest-energy heuristic schedule that meets the budget and deadline, if any. In the
-    compatibility mode only paging-free heuristics apply (their page-outs follow our semantics)."""
+    compatibility mode the heuristics' page-outs are moved to the next stage's start
+    (:func:`solver.baselines.to_compat`), which the published semantics require."""
     best = None
+    from solver.baselines import to_compat
     for name, sched in heuristic_candidates(inst, mode, budget, overlap):
         if compat:
-            if any(s.pageout or s.pagein for s in sched.stages):
-                continue
-            sched = Schedule(sched.stages, compat=True, overlap=False)
+            # page-outs move to the next stage start (published semantics); replayed below
+            sched = to_compat(sched)
         try:
             sim = simulate(inst, sched, budget, deadline)
         except ScheduleError as e:      # a heuristic bug must not hide: re-raise
@@ -165,7 +166,7 @@ def solve(inst: Instance, budget: int | None = None, deadline: float | None = No
           gap: float = 1e-4, threads: int | None = None, compat: bool = False,
           overlap: bool = False, warm_start: bool = True, allow_bwd_remat: bool | None = None,
           method: str = "auto", msg: bool = False, explain_infeasible: bool = True,
-          symmetry_cuts: bool = True, prune: bool = True,
+          symmetry_cuts: bool = True, prune: bool = True, knapsack_rows: bool = True,
           max_computations: int | None = None,
           starts: list[Schedule] | None = None,
           on_incumbent: Any = None) -> SolveResult:
@@ -193,7 +194,7 @@ def solve(inst: Instance, budget: int | None = None, deadline: float | None = No
     if method not in METHODS:
         raise CostdbError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     opts = Options(mode=mode, compat=compat, overlap=overlap, allow_bwd_remat=allow_bwd_remat,
-                   symmetry_cuts=symmetry_cuts, prune=prune)
+                   symmetry_cuts=symmetry_cuts, prune=prune, knapsack_rows=knapsack_rows)
     if budget is not None and budget <= 0:
         raise CostdbError(f"memory budget must be positive, got {budget} bytes")
     if deadline is not None and not deadline > 0:
@@ -257,7 +258,8 @@ def solve(inst: Instance, budget: int | None = None, deadline: float | None = No
             if sim.ok:
                 cands.append(("paging_milp", sched, sim))
         res.options["paging_milp_s"] = raw.solve_time_s
-    if method == "milp" and warm_start and mode != "paging" and inst.n >= LP_ROUND_WARM_MIN_NODES:
+    if method in ("milp", "cpsat") and warm_start and mode != "paging" and \
+            inst.n >= LP_ROUND_WARM_MIN_NODES:
         # Checkmate's LP relaxation + rounding is cheap and often beats the heuristics by far
         from solver.approx import lp_round
         scratch = SolveResult(status="error", mode=mode, solver=solver, budget_bytes=budget,
@@ -266,6 +268,10 @@ def solve(inst: Instance, budget: int | None = None, deadline: float | None = No
         lp = lp_round(inst, scratch, opts, None, solver="highs", time_limit=remaining(1 / 4),
                       threads=threads)
         res.options["lp_round_s"] = time.perf_counter() - t0
+        if scratch.options.get("lp_bound_j") is not None:
+            # the MILP's LP relaxation bounds the whole problem (CP-SAT's own bound is weaker
+            # where the deadline binds: nrf52840 5 %/1.5x, docs/benchmarks.md)
+            res.options["lp_bound_j"] = scratch.options["lp_bound_j"]
         if lp.schedule is not None and lp.sim.ok:
             cands.append(("lp_round", lp.schedule, lp.sim))
     cands.sort(key=lambda c: c[2].energy_j)
@@ -334,8 +340,9 @@ def _prefer_start(res: SolveResult, heur: Any) -> None:
 
 
 def _finish_bound(res: SolveResult, inst: Instance) -> SolveResult:
-    """Bound = max(solver bound, trivial bound), capped by the schedule's energy; gap from it."""
-    lb = inst.compute_energy_j
+    """Bound = max(solver bound, trivial bound, the MILP's LP relaxation if solved), capped by
+    the schedule's energy; gap from it."""
+    lb = max(inst.compute_energy_j, res.options.get("lp_bound_j") or 0.0)
     b = res.bound_energy_j
     b = lb if b is None or not math.isfinite(b) else max(b, lb)
     if res.sim is not None:
@@ -354,7 +361,8 @@ def _fallback(res: SolveResult, heur: Any, solver: str, time_limit: float | None
         res.objective_energy_j = heur[2].energy_j
         res.message = f"{solver} found no solution within the time limit; returned heuristic {heur[0]}"
         return _finish_bound(res, inst)
-    res.message = f"{solver} found no solution within {time_limit} s"
+    res.message = (f"{solver} found no solution within the time limit"
+                   + (f" ({time_limit:g} s)" if time_limit else ""))
     return res
 
 
@@ -392,6 +400,11 @@ def _solve_cpsat(inst: Instance, res: SolveResult, opts: Options, cands: list, h
                             f"{sim.energy_j!r} J")
         res.status, res.schedule, res.sim = raw.status, raw.schedule, sim
         res.objective_energy_j = sim.energy_j
+        res.options["bound_scope"] = (f"schedules with at most {kmax} computations and {kmax} "
+                                      "page-ins per value")
+        if raw.status == "optimal" and kmax < inst.n:
+            res.message = (f"optimal among schedules with at most {kmax} computations and {kmax} "
+                           "page-ins per value (--max-computations)")
         _prefer_start(res, heur)
         return _finish_bound(res, inst)
     if raw.status == "infeasible":
@@ -410,7 +423,7 @@ def _solve_cpsat(inst: Instance, res: SolveResult, opts: Options, cands: list, h
             res.message = explain(inst, res, opts, "highs", remaining())
         return res
     res.status = raw.status
-    return _fallback(res, heur, "cpsat", None, inst)
+    return _fallback(res, heur, "cpsat", res.options.get("time_limit"), inst)
 
 
 def trim_keeps(inst: Instance, sched: Schedule) -> Schedule:

@@ -203,3 +203,42 @@ def test_solve_within_returns_the_child_result_or_the_best_heuristic_when_killed
     if r.schedule is not None:
         assert simulate(big, r.schedule, lo + (hi - lo) // 10).ok
         assert r.bound_energy_j <= r.energy_j
+
+
+# --- compatibility mode gets paging warm starts -------------------------------------------------------
+
+def test_compat_heuristics_page_under_the_published_semantics():
+    from solver.baselines import capuchin_paging, to_compat
+    from solver.problem import compat_instance
+    from solver.solve import best_heuristic
+    inst = random_training_instance(8, 4, fixed_bytes=50)
+    ci = compat_instance(inst)
+    lo, hi = min_budget_bound(ci, True), ci.no_savings_peak()
+    paged = 0
+    for budget in range(lo, hi, max(1, (hi - lo) // 6)):
+        sched = to_compat(capuchin_paging(ci, budget))
+        sim = simulate(ci, sched)                 # valid under compat semantics (raises if not)
+        assert sched.compat and all(i != t for t, s in enumerate(sched.stages) for i in s.pageout)
+        h = best_heuristic(ci, "integrated", budget, None, compat=True)
+        if h is not None and h[2].pageins:
+            paged += 1
+            r = solve(inst, budget=budget, compat=True, method="milp", explain_infeasible=False)
+            assert r.status == "optimal" and r.energy_j <= h[2].energy_j * (1 + 1e-9)
+        assert sim.pageouts == sum(len(s.pageout) for s in sched.stages)
+    assert paged > 0          # some tight budget is met only by paging heuristics
+
+
+@pytest.mark.parametrize("seed", range(4))
+def test_knapsack_rows_keep_the_optimum(seed):
+    inst = random_training_instance(6, seed, fixed_bytes=3)
+    lo, hi = min_budget_bound(inst), inst.no_savings_peak()
+    for budget in (lo, lo + (hi - lo) // 3):
+        dl = inst.compute_runtime_s * 1.4
+        a = solve(inst, budget=budget, deadline=dl, method="milp", allow_bwd_remat=True,
+                  explain_infeasible=False)
+        b = solve(inst, budget=budget, deadline=dl, method="milp", allow_bwd_remat=True,
+                  knapsack_rows=False, explain_infeasible=False)
+        assert a.status == b.status
+        if a.feasible:
+            assert a.energy_j == pytest.approx(b.energy_j, rel=1e-9)
+            assert a.n_constraints >= b.n_constraints
