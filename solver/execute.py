@@ -35,6 +35,7 @@ class Prepared:
     prediction: Any
     graph: Any
     costs_changed: bool
+    storage_profile: Any = None
 
 
 def _model_instance(graph: Any) -> Any:
@@ -95,8 +96,10 @@ def prepare(db: Any, schedule_id: int, device: str, model: str | None = None,
                "device": compute_unit, "deterministic": compute_unit == "cpu",
                "storage_path": storage_path or DEFAULT_STORAGE_PATH,
                "create_storage": storage_path is None}
+    profiles = db.storage_profile_list(device)
     return Prepared(request, sched, rec, sim_inst, pred, graph,
-                    costs_changed=inst.digest() != rec.graph_digest)
+                    costs_changed=inst.digest() != rec.graph_digest,
+                    storage_profile=profiles[-1] if profiles else None)
 
 
 def _paged_bytes(inst: Any, sched: Schedule) -> tuple[int, int]:
@@ -149,6 +152,12 @@ def run_record(prep: Prepared, result: dict[str, Any], profile: Any, agent_versi
                                 last["pageins"], last["bytes_in"])
         eprov, esensor = "modeled", None
     act = max(it["activation_peak_bytes"] for it in its)
+    sp = prep.storage_profile
+    paging_sp = None
+    if sp is not None and sp.write_bytes_per_s and sp.read_bytes_per_s:
+        # the paging time the device's measured storage profile predicts for what was paged
+        paging_sp = (last["pageouts"] * (sp.write_latency_s or 0) + last["bytes_out"] / sp.write_bytes_per_s
+                     + last["pageins"] * (sp.read_latency_s or 0) + last["bytes_in"] / sp.read_bytes_per_s)
     fixed = inst.fixed_bytes
     proc = [it.get("process_peak_bytes") for it in its]
     return RunRecord(
@@ -182,6 +191,8 @@ def run_record(prep: Prepared, result: dict[str, Any], profile: Any, agent_versi
         extra={"io": last.get("io"), "disk_peak_bytes": last.get("disk_peak_bytes"),
                "run_dir_removed": result.get("run_dir_removed"), "python": result.get("python"),
                "predicted_runtime_now_s": pred.runtime_s, "predicted_energy_now_j": pred.energy_j,
+               "paging_s_measured_storage": paging_sp,
+               "storage_profile_id": sp.id if sp is not None else None,
                "energy_gross_j": gross, "idle_power_w": idle_power_w if gross is not None else None,
                "energy_note": "sensor energy minus idle power x runtime" if eprov == "measured" else
                "modeled: measured compute time x the profile's net active power + paging model"},
@@ -291,6 +302,14 @@ def summary_lines(rec: RunRecord) -> list[str]:
         lines.append(f"process peak RSS {fmt_bytes(rec.process_peak_bytes)} "
                      f"(+{fmt_bytes(rec.process_peak_bytes - rec.process_base_bytes)} over the "
                      "iteration's start, includes allocator slack)")
+    if rec.extra.get("paging_s_measured_storage") is not None:
+        lines.append(f"paging {fmt_seconds((rec.pagein_s or 0) + (rec.pageout_s or 0))} measured; the "
+                     f"device's measured storage profile #{rec.extra['storage_profile_id']} predicts "
+                     f"{fmt_seconds(rec.extra['paging_s_measured_storage'])} for the same bytes")
+    if rec.cost_provenance == "modeled":
+        lines.append("note: the schedule was solved with modelled costs (the device was not "
+                     "profiled): the predicted runtime and energy are POET's analytic model; "
+                     "profile the model first (costdb profile) for a measured prediction")
     if rec.costs_changed:
         lines.append("note: the device's costs changed since the schedule was solved; the "
                      "prediction is the solver's at solve time")

@@ -31,7 +31,6 @@ where the host asks for one. A mismatch raises :class:`ExecutionError`.
 import ctypes
 import gc
 import importlib
-import operator
 import os
 import shutil
 import sys
@@ -81,6 +80,19 @@ def _release(t):
 def _sync(device):
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def _rng_state(device):
+    """The random state a dropout draws from (CPU, plus the GPU's on CUDA)."""
+    if device.startswith("cuda"):
+        return (torch.get_rng_state(), torch.cuda.get_rng_state(device))
+    return (torch.get_rng_state(), None)
+
+
+def _set_rng_state(device, state):
+    torch.set_rng_state(state[0])
+    if state[1] is not None:
+        torch.cuda.set_rng_state(state[1], device)
 
 
 def _hooks_available():
@@ -229,6 +241,15 @@ def _sgd(p, options):
         return torch.optim.SGD([p], **options)
 
 
+def _momentum(model):
+    out = {}
+    for q, o in model.optimizers.items():
+        buf = o.state.get(model.params[q], {}).get("momentum_buffer")
+        if buf is not None:
+            out[q] = buf.clone()
+    return out
+
+
 def _opt_state(opt):
     st = {}
     for p, s in opt.state.items():
@@ -243,10 +264,26 @@ def _set_opt_state(opt, p, st):
 
 
 def _sgd_step(model, q, grad):
+    """The graph's update node: SGD on one tensor, as ``torch.optim.SGD`` computes it
+    (dampening 0, no Nesterov) without the optimizer's per-call Python (the agent's ``sgd``
+    kernel times the same arithmetic). The momentum buffer lives in the optimizer's state, so
+    the plain iteration's ``torch.optim.SGD.step()`` and this one share it; the check compares
+    them."""
     p = model.params[q]
-    p.grad = grad
-    model.optimizers[q].step()
-    p.grad = None
+    o = model.sgd
+    with torch.no_grad():
+        if o["weight_decay"]:
+            grad = grad.add(p, alpha=o["weight_decay"])
+        if o["momentum"]:
+            st = model.optimizers[q].state[p]
+            buf = st.get("momentum_buffer")
+            if buf is None:
+                buf = torch.clone(grad).detach()
+                st["momentum_buffer"] = buf
+            else:
+                buf.mul_(o["momentum"]).add_(grad)
+            grad = buf
+        p.add_(grad, alpha=-o["lr"])
 
 
 # --- forward op dispatch ----------------------------------------------------------------------
@@ -536,16 +573,19 @@ class Executor(object):
         rng_saved = None
         if n.get("random"):
             if recompute:
-                rng_saved = torch.get_rng_state()
-                torch.set_rng_state(self.rng[idx])
+                rng_saved = _rng_state(self.device)
+                _set_rng_state(self.device, self.rng[idx])
             else:
-                self.rng[idx] = torch.get_rng_state()
+                self.rng[idx] = _rng_state(self.device)
         stats = None
         if n["kind"] == "fwd":
             ins = self.fx[n["fx"]]
             if ins.get("op") == "batch_norm" and recompute:
-                stats = (self.m.buffers[ins["buffers"]["running_mean"]].clone(),
-                         self.m.buffers[ins["buffers"]["running_var"]].clone())
+                # a recomputation must not update the running statistics a second time: run on
+                # the buffers themselves (autograd saves them; they are persistent) and put their
+                # values back
+                stats = [(b, b.clone()) for b in (self.m.buffers[ins["buffers"]["running_mean"]],
+                                                   self.m.buffers[ins["buffers"]["running_var"]])]
         try:
             with torch.enable_grad() if needs_graph else torch.no_grad():
                 with torch.autograd.graph.saved_tensors_hooks(self._pack, self._unpack):
@@ -553,10 +593,14 @@ class Executor(object):
                         logits = _decode(self.prog["output"], lambda a: self._eval_arg(graph, a))
                         out = _loss(self.m, logits)
                     else:
-                        out = _call(self.m, ins, lambda a: self._eval_arg(graph, a), stats)
+                        out = _call(self.m, ins, lambda a: self._eval_arg(graph, a))
         finally:
+            if stats is not None:
+                with torch.no_grad():
+                    for b, v in stats:
+                        b.copy_(v)
             if rng_saved is not None:
-                torch.set_rng_state(rng_saved)
+                _set_rng_state(self.device, rng_saved)
         if n["kind"] == "fwd" and ins.get("op") == "batch_norm" and not recompute:
             _bump_batches(self.m, ins)
         optr = _ptr(out)
@@ -923,7 +967,7 @@ def run_request(req, meter=None):
 
 def _one_iteration(model, plan, run_dir, device, tolerance, meter, warmup, audit=False):
     snap = model.snapshot()
-    rng = torch.get_rng_state()
+    rng = _rng_state(device)
     gc.collect()
     _trim_heap()
     if device.startswith("cuda"):
@@ -952,11 +996,12 @@ def _one_iteration(model, plan, run_dir, device, tolerance, meter, warmup, audit
     stats = ex.stats()
     got_params = dict((q, p.detach().clone()) for q, p in model.params.items())
     got_buffers = dict((q, b.clone()) for q, b in model.buffers.items())
+    got_momentum = _momentum(model)
     got_grads = dict(grads)
     del ex, grads
     # the reference: the same state, the same random state, a plain iteration
     model.restore(snap)
-    torch.set_rng_state(rng)
+    _set_rng_state(device, rng)
     _sync(device)
     t0 = time.perf_counter()
     ref_grads = plain_iteration(model)
@@ -966,6 +1011,8 @@ def _one_iteration(model, plan, run_dir, device, tolerance, meter, warmup, audit
     d_g, e_g = _compare(ref_grads, got_grads, "gradients", tolerance)
     d_p, e_p = _compare(ref_params, got_params, "updated parameters", tolerance)
     d_b, e_b = _compare(dict(model.buffers), got_buffers, "buffers", tolerance)
+    d_m, e_m = _compare(_momentum(model), got_momentum, "momentum buffers", tolerance)
+    d_b, e_b = max(d_b, d_m), e_b and e_m
     # continue from the scheduled iteration's state (equal to the reference's)
     with torch.no_grad():
         for q, p in model.params.items():
