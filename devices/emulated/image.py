@@ -60,8 +60,8 @@ STEPS = ("bootstrap Debian 12 arm64 (mmdebstrap, maintainer scripts under qemu-u
          "configure ssh keys, network and user",
          "torch aarch64 wheel (pip --platform)",
          "import torch under QEMU_CPU=cortex-a72",
-         "ext4 disk image (mke2fs -d)",
-         "kernel and initrd")
+         "kernel and initrd",
+         "ext4 disk image (mke2fs -d)")
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 #: initramfs-tools' default (MODULES=most) copies hundreds of modules, one shell call each, under
 #: qemu-user: minutes. The board needs only these to mount its root; written before any package
@@ -539,6 +539,7 @@ def build_image(board: str = "qemu-a72", cache_dir: str | os.PathLike | None = N
                 kernel, initrd, release = _kernel_files(root)
                 shutil.copy(kernel, work / "vmlinuz")
                 shutil.copy(initrd, work / "initrd.img")
+                emit(5, len(STEPS), STEPS[5])
                 used = allocated_bytes(root)
                 size = ((int(used * 1.2) + (2 << 30)) // (256 << 20) + 1) * (256 << 20)
                 t = time.monotonic()
@@ -546,7 +547,6 @@ def build_image(board: str = "qemu-a72", cache_dir: str | os.PathLike | None = N
                       str(root), str(work / "disk.img"), str(size // 1024) + "k"], log,
                      "mke2fs -d (ext4 image from the tree)")
                 times["mke2fs_s"] = time.monotonic() - t
-                emit(5, len(STEPS), STEPS[5])
                 safe_rmtree(root)
             fp = subprocess.run(["ssh-keygen", "-lf", str(work / "ssh_host_ed25519_key.pub")],
                                 capture_output=True, text=True).stdout.split()
