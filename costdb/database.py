@@ -18,7 +18,9 @@ import json
 import os
 import socket
 import sqlite3
+import stat
 from pathlib import Path
+from urllib.parse import quote
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from costdb import schema
@@ -69,6 +71,22 @@ def _pd() -> Any:
     return pandas
 
 
+#: seconds a writer waits for another process's lock (migration, a write) before giving up
+BUSY_TIMEOUT_S = 60.0
+
+
+def busy_timeout() -> float:
+    """``$COSTDB_BUSY_TIMEOUT`` (seconds) or ``BUSY_TIMEOUT_S``."""
+    try:
+        v = float(os.environ.get("COSTDB_BUSY_TIMEOUT", BUSY_TIMEOUT_S))
+    except ValueError:
+        raise CostdbError(f"COSTDB_BUSY_TIMEOUT={os.environ['COSTDB_BUSY_TIMEOUT']!r} is not a "
+                          "number of seconds; unset it or give e.g. 60") from None
+    if not 0 <= v <= 86400 or v != v:
+        raise CostdbError(f"COSTDB_BUSY_TIMEOUT={v!r} is out of range; give 0 .. 86400 seconds")
+    return v
+
+
 def _is_sqlite(path: Path) -> bool:
     try:
         with builtins.open(path, "rb") as f:
@@ -78,19 +96,47 @@ def _is_sqlite(path: Path) -> bool:
     return head == b"SQLite format 3\x00" or head == b""
 
 
+def _read_only_storage(path: Path) -> bool:
+    """The file system holding ``path`` is mounted read-only, or its directory is not
+    writable by us (then SQLite cannot create the WAL index it needs to read a WAL file)."""
+    parent = path.parent if str(path.parent) else Path(".")
+    try:
+        if os.statvfs(parent).f_flag & os.ST_RDONLY:
+            return True
+    except OSError:
+        pass
+    return not os.access(parent, os.W_OK)
+
+
 def preflight(path: Path, create: bool = False, readonly: bool = False) -> bool:
     """Check a database path before any work is done; returns whether the file exists.
 
-    Raises CostdbError for a missing, corrupt, foreign or unwritable file, so a command fails in
-    its first second rather than after minutes of tracing and measuring.
+    Raises CostdbError for a missing, corrupt, foreign or unwritable file, and for a path that
+    is not a regular file (a FIFO would block the open forever, a device is no database), so a
+    command fails in its first second rather than after minutes of tracing and measuring.
     """
     path = Path(path)
-    exists = path.exists()
+    try:
+        st = os.stat(path)
+    except FileNotFoundError:
+        st = None
+    except OSError as e:
+        raise CostdbError(f"cannot use database path {path}: {e.strerror or e}; check the "
+                          "path") from None
+    exists = st is not None
+    if not exists and path.is_symlink():
+        raise CostdbError(f"database path {path} is a symlink to a missing file; fix the link "
+                          "or give another --db path")
     if not exists and not create:
         raise CostdbError(f"database {path} does not exist; run 'costdb profile --db "
                           f"{path} ...' first or check the path")
-    if exists and path.is_dir():
+    if exists and stat.S_ISDIR(st.st_mode):
         raise CostdbError(f"database path {path} is a directory; give a file name")
+    if exists and not stat.S_ISREG(st.st_mode):
+        kind = "a FIFO" if stat.S_ISFIFO(st.st_mode) else "a device" if (
+            stat.S_ISCHR(st.st_mode) or stat.S_ISBLK(st.st_mode)) else "not a regular file"
+        raise CostdbError(f"database path {path} is {kind}, not a database file; give a file "
+                          "name")
     if exists and not _is_sqlite(path):
         raise CostdbError(f"{path} is not a costdb database (not SQLite or corrupt); "
                           "give another --db path")
@@ -99,33 +145,87 @@ def preflight(path: Path, create: bool = False, readonly: bool = False) -> bool:
         if not parent.is_dir():
             raise CostdbError(f"cannot create database {path}: directory {parent} does "
                               "not exist")
-        if not os.access(parent, os.W_OK):
+        if not os.access(parent, os.W_OK) or _read_only_storage(path):
             raise CostdbError(f"cannot create database {path}: directory {parent} is "
                               "not writable; choose another --db path")
-    elif not readonly and not os.access(path, os.W_OK):
-        raise CostdbError(f"database {path} is read-only; choose a writable --db path")
+    elif not readonly and (not os.access(path, os.W_OK) or _read_only_storage(path)):
+        raise CostdbError(f"database {path} is read-only; choose a writable --db path "
+                          "(read commands open it read-only)")
     return exists
 
 
-def _connect_ro(path: Path) -> sqlite3.Connection:
-    conn = sqlite3.connect(f"file:{path.resolve()}?mode=ro", uri=True, check_same_thread=False)
+def _decode_text(path: Path) -> Any:
+    """A text_factory: invalid UTF-8 in a TEXT column is a damaged file, said in one line."""
+    def decode(b: bytes) -> str:
+        try:
+            return b.decode("utf-8")
+        except UnicodeDecodeError:
+            raise CostdbError(f"database {path} holds text that is not UTF-8 (damaged pages?); "
+                              f"check it with: sqlite3 {path} 'PRAGMA integrity_check', and "
+                              "restore it from a backup or merge its readable parts with 'sqlite3 "
+                              ".recover'") from None
+    return decode
+
+
+def _connect_ro(path: Path, immutable: bool = False) -> sqlite3.Connection:
+    """A read-only connection (``mode=ro``: never writes, never switches the journal mode);
+    ``immutable`` for read-only storage, where SQLite could not create the WAL index."""
+    uri = "file:" + quote(str(Path(path).resolve())) + "?mode=ro" + (
+        "&immutable=1" if immutable else "")
+    conn = sqlite3.connect(uri, uri=True, check_same_thread=False, timeout=busy_timeout())
+    conn.text_factory = _decode_text(Path(path))
     conn.execute("PRAGMA query_only = 1")
     return conn
 
 
+def _connect_rw(path: Path) -> sqlite3.Connection:
+    conn = sqlite3.connect(str(path), check_same_thread=False, timeout=busy_timeout())
+    conn.text_factory = _decode_text(path)
+    return conn
+
+
+def explain_sqlite_error(e: BaseException, path: str | os.PathLike | None = None) -> CostdbError:
+    """One line for an SQLite error that reached the top (full disk, damaged file, lock held
+    too long, read-only file): what happened and what to do. The transaction it interrupted was
+    rolled back, so the file holds everything up to the last complete write."""
+    msg = " ".join(str(e).split()) or type(e).__name__
+    db = f" {path}" if path else ""
+    low = msg.lower()
+    if "disk is full" in low or "disk full" in low:
+        return CostdbError(f"the disk holding the database{db} is full ({msg}); the unfinished "
+                           "write was rolled back: free some space and run the command again")
+    if "malformed" in low or "not a database" in low or "corrupt" in low:
+        return CostdbError(f"the database{db} is damaged ({msg}); check it with 'sqlite3 FILE "
+                           "\"PRAGMA integrity_check\"' and restore it from a backup")
+    if "locked" in low or "busy" in low:
+        return CostdbError(f"the database{db} is locked by another process for longer than "
+                           f"{busy_timeout():g} s ({msg}); wait for it or raise "
+                           "COSTDB_BUSY_TIMEOUT")
+    if "readonly" in low or "read-only" in low:
+        return CostdbError(f"the database{db} is read-only ({msg}); choose a writable --db path")
+    if "disk i/o" in low or "unable to open" in low:
+        return CostdbError(f"cannot access the database{db} ({msg}); check the disk and the "
+                           "path")
+    return CostdbError(f"database error{db and ' in' + db}: {msg}")
+
+
 class Database:
-    """A cost database file. Use ``costdb.open(path)`` rather than the constructor."""
+    """A cost database file. Use ``costdb.open(path)`` rather than the constructor.
+
+    Opening is safe with concurrent processes: a writer waits up to the busy timeout for
+    another's lock; a new or older file is migrated under an exclusive lock (the second process
+    waits, then finds it migrated). Every open closes the sessions left ``running`` by a process
+    of this host that is gone (as ``interrupted``). ``readonly`` opens with ``mode=ro`` (no
+    write, no journal switch), and ``immutable`` on read-only storage.
+    """
 
     def __init__(self, path: str | os.PathLike, create: bool = False, readonly: bool = False):
         self.path = Path(path)
         self.readonly = readonly
+        self._immutable = False
         exists = preflight(self.path, create, readonly)
         try:
-            if readonly:
-                conn = _connect_ro(self.path)
-            else:
-                conn = sqlite3.connect(str(self.path), check_same_thread=False, timeout=30)
-            conn.execute("PRAGMA foreign_keys = ON")
+            conn = self._open(readonly)
             found = schema.version(conn)
         except sqlite3.DatabaseError as e:
             if not exists:
@@ -137,12 +237,12 @@ class Database:
             conn.close()
             raise CostdbError(f"database {self.path} has schema version {found}, newer than this "
                               f"costdb supports ({schema.LATEST}); upgrade costdb")
-        if found < schema.LATEST and readonly and found > 0 and os.access(self.path, os.W_OK):
+        if found < schema.LATEST and readonly and found > 0 and not self._immutable \
+                and os.access(self.path, os.W_OK) and not _read_only_storage(self.path):
             # an older file: migrate it once through a writable connection, then read
             conn.close()
             Database(self.path).close()
-            conn = _connect_ro(self.path)
-            conn.execute("PRAGMA foreign_keys = ON")
+            conn = self._open(True)
             found = schema.version(conn)
         if found < schema.LATEST:
             if readonly:
@@ -157,14 +257,66 @@ class Database:
                 raise CostdbError(f"{self.path} is an SQLite file but not a costdb database; "
                                   "give another --db path")
             try:
-                conn.execute("PRAGMA journal_mode = WAL")
+                self._wal(conn)
                 schema.migrate(conn)
             except sqlite3.DatabaseError as e:
                 conn.close()
+                if "disk is full" in str(e) or "locked" in str(e):
+                    raise explain_sqlite_error(e, self.path) from None
                 raise CostdbError(f"cannot migrate {self.path}: {e}") from None
         elif not readonly:
-            conn.execute("PRAGMA journal_mode = WAL")
+            try:
+                self._wal(conn)
+            except sqlite3.DatabaseError as e:
+                conn.close()
+                raise explain_sqlite_error(e, self.path) from None
+        conn.execute("PRAGMA foreign_keys = ON")
         self.conn = conn
+        self._close_stale_at_open()
+
+    def _open(self, readonly: bool) -> sqlite3.Connection:
+        if not readonly:
+            return _connect_rw(self.path)
+        if _read_only_storage(self.path):
+            conn = _connect_ro(self.path)
+            try:
+                schema.version(conn)
+                conn.execute("SELECT count(*) FROM sqlite_master").fetchone()
+                return conn
+            except sqlite3.OperationalError:   # WAL file on read-only storage: no WAL index
+                conn.close()
+            self._immutable = True
+            return _connect_ro(self.path, immutable=True)
+        return _connect_ro(self.path)
+
+    @staticmethod
+    def _wal(conn: sqlite3.Connection) -> None:
+        if str(conn.execute("PRAGMA journal_mode").fetchone()[0]).lower() != "wal":
+            conn.execute("PRAGMA journal_mode = WAL")
+
+    def _close_stale_at_open(self) -> None:
+        """Close stale sessions of this host (``close_stale_sessions``); from a read-only open
+        through a short writable connection, and only when there is something to close."""
+        if not self.readonly:
+            try:
+                self.close_stale_sessions()
+            except sqlite3.OperationalError:
+                pass   # locked or full: the next open tries again
+            return
+        if self._immutable or not self._stale_session_ids() or not os.access(self.path, os.W_OK):
+            return
+        try:
+            rw = Database(self.path)
+            rw.close()
+        except CostdbError:
+            pass
+
+    def _stale_session_ids(self) -> list[int]:
+        host = socket.gethostname()
+        me = os.getpid()
+        return [sid for sid, pid, shost in self.conn.execute(
+            "SELECT id, pid, host FROM sessions WHERE status = 'running'").fetchall()
+            if shost == host and pid is not None and pid != me and not _pid_alive(pid)]
 
     @classmethod
     def snapshot(cls, path: str | os.PathLike) -> "Database":
@@ -426,25 +578,80 @@ class Database:
                               " WHERE id = ?", (*fields.values(), session_id))
 
     def finish_session(self, session_id: int, status: str, warnings: list[str] | None = None) -> None:
+        """End a session (``complete``, ``interrupted``...) and drop its op claims."""
         n = self.conn.execute("SELECT count(*) FROM measurements WHERE session_id = ?",
                               (session_id,)).fetchone()[0]
         fields: dict[str, Any] = {"status": status, "ended_at": now_iso(), "measured": n}
         if warnings is not None:
             fields["warnings"] = warnings
         self.update_session(session_id, **fields)
+        with self.conn:
+            self.conn.execute("DELETE FROM op_claims WHERE session_id = ?", (session_id,))
 
-    def close_stale_sessions(self, device: str) -> int:
-        """Mark 'running' sessions of this host whose process is gone as interrupted."""
-        host = socket.gethostname()
-        stale = []
-        for sid, pid, shost in self.conn.execute(
-                "SELECT id, pid, host FROM sessions WHERE device = ? AND status = 'running'",
-                (device,)).fetchall():
-            if shost == host and pid is not None and pid != os.getpid() and not _pid_alive(pid):
-                stale.append(sid)
+    def close_stale_sessions(self, device: str | None = None) -> int:
+        """Mark ``running`` sessions (of ``device``, or all) whose process is gone as
+        ``interrupted``; returns how many. A session records its host and pid; only sessions of
+        this host can be checked (a process elsewhere may still be running). Every open does
+        this, so a killed profile never stays ``running``; its measurements stay and count as
+        done for the next run (``done_signatures``)."""
+        stale = self._stale_session_ids()
+        if device is not None:
+            stale = [sid for sid in stale if self.session(sid).device == device]
         for sid in stale:
             self.finish_session(sid, "interrupted")
         return len(stale)
+
+    # --- op claims (two profiles of one device at once) ----------------------------------------
+
+    #: what ``claim_op`` returns when the op has a finished measurement already
+    DONE = 0
+
+    def claim_op(self, session_id: int, device: str, signature: str, settings_id: int | None,
+                 kind: str = "isolated", since: str | None = None) -> int | None:
+        """Claim an op for ``session_id`` before measuring it: None when claimed (measure it),
+        ``Database.DONE`` when a finished measurement of it exists (taken at or after ``since``,
+        an ISO time, when given: ``--force`` ignores older ones), else the id of the running
+        session that holds the claim (another profile is measuring it now).
+
+        Check and claim happen in one ``BEGIN IMMEDIATE`` transaction, so two processes never
+        both get None for the same op. A claim counts while its session is ``running``
+        (``close_stale_sessions`` ends a dead one's) and is dropped when its session finishes."""
+        q = ",".join("?" for _ in DONE_STATUSES)
+        sid_key = settings_id if settings_id is not None else 0
+        self.conn.execute("BEGIN IMMEDIATE")
+        try:
+            done = self.conn.execute(
+                f"SELECT 1 FROM measurements WHERE device = ? AND signature = ? AND settings_id IS ?"
+                f" AND kind = ? AND status IN ({q})" + (" AND measured_at >= ?" if since else "")
+                + " LIMIT 1", (device, signature, settings_id, kind, *DONE_STATUSES,
+                               *([since] if since else []))).fetchone()
+            if done:
+                self.conn.execute("COMMIT")
+                return self.DONE
+            held = self.conn.execute(
+                "SELECT c.session_id FROM op_claims c JOIN sessions s ON s.id = c.session_id"
+                " WHERE c.device = ? AND c.signature = ? AND c.settings_id = ? AND c.kind = ?"
+                " AND c.session_id != ? AND s.status = 'running'",
+                (device, signature, sid_key, kind, session_id)).fetchone()
+            if held:
+                self.conn.execute("COMMIT")
+                return int(held[0])
+            self.conn.execute(
+                "INSERT OR REPLACE INTO op_claims (device, signature, settings_id, kind,"
+                " session_id, claimed_at) VALUES (?, ?, ?, ?, ?, ?)",
+                (device, signature, sid_key, kind, session_id, now_iso()))
+            self.conn.execute("COMMIT")
+            return None
+        except BaseException:
+            if self.conn.in_transaction:
+                self.conn.execute("ROLLBACK")
+            raise
+
+    def claims(self, device: str | None = None) -> list[dict[str, Any]]:
+        """Current op claims (of ``device``), with their session's status."""
+        sql = ("SELECT c.*, s.status FROM op_claims c LEFT JOIN sessions s ON s.id = c.session_id"
+               + (" WHERE c.device = ?" if device else "") + " ORDER BY c.claimed_at")
+        return self._rows(sql, (device,) if device else ())
 
     def session(self, session_id: int) -> SessionRecord:
         rows = self._rows("SELECT * FROM sessions WHERE id = ?", (session_id,))
@@ -944,18 +1151,21 @@ class Database:
         return compare(self, a, b, device=device, model=model, kind=kind)
 
     def query(self, sql: str, params: Iterable[Any] = ()) -> "pd.DataFrame":
-        """Run read-only SQL; writes are refused by SQLite (query_only)."""
-        pd = _pd()
-        ro = _connect_ro(self.path)
+        """Run one read-only SQL statement (``costdb.sqlguard``: writes, ATTACH, VACUUM INTO,
+        transactions and pragma assignments are refused with one line)."""
+        from costdb import sqlguard
+        ro = self._connect_query()
         try:
-            return pd.read_sql_query(sql, ro, params=tuple(params))
-        except (sqlite3.Error, pd.errors.DatabaseError) as e:
-            msg = str(e).splitlines()[0]
-            if "Execution failed on sql" in msg:
-                msg = msg.split(": ", 1)[-1] if ": " in msg else msg
-            raise CostdbError(f"query failed: {msg}") from None
+            cols, rows = sqlguard.run(ro, sql, tuple(params))
         finally:
             ro.close()
+        return _pd().DataFrame.from_records(rows, columns=cols)
+
+    def _connect_query(self) -> sqlite3.Connection:
+        try:
+            return _connect_ro(self.path, immutable=getattr(self, "_immutable", False))
+        except sqlite3.DatabaseError as e:
+            raise CostdbError(f"cannot read {self.path}: {e}; check the file") from None
 
 
 def _pid_alive(pid: int) -> bool:

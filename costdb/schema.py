@@ -195,7 +195,21 @@ JOIN (SELECT MAX(id) AS id FROM measurements
       GROUP BY device, signature, settings_id, kind) latest ON m.id = latest.id;
 """
 
-MIGRATIONS: list[str] = [V1_CORE, V2_NET_ENERGY, V3_SCHEDULES, V4_SETTINGS]
+#: v5: op claims, so that two profiles of one device and model running at once never measure
+#: an op twice: a profile claims an op (under one settings fingerprint and kind) before measuring
+#: it; a claim counts while its session is ``running`` and is dropped when the session ends.
+#: ``settings_id`` 0 stands for "no fingerprint" (the key cannot hold NULL).
+V5_CLAIMS = """
+CREATE TABLE op_claims (
+    device TEXT NOT NULL, signature TEXT NOT NULL, settings_id INTEGER NOT NULL DEFAULT 0,
+    kind TEXT NOT NULL, session_id INTEGER NOT NULL REFERENCES sessions(id),
+    claimed_at TEXT NOT NULL, PRIMARY KEY (device, signature, settings_id, kind)
+);
+CREATE INDEX idx_op_claims_session ON op_claims(session_id);
+CREATE INDEX idx_sessions_status ON sessions(status);
+"""
+
+MIGRATIONS: list[str] = [V1_CORE, V2_NET_ENERGY, V3_SCHEDULES, V4_SETTINGS, V5_CLAIMS]
 LATEST = len(MIGRATIONS)
 
 
@@ -211,15 +225,46 @@ def register_functions(conn: sqlite3.Connection) -> None:
     conn.create_function("costdb_cpu_list", 1, cpu_list, deterministic=True)
 
 
-def migrate(conn: sqlite3.Connection, target: int = LATEST) -> int:
-    """Apply migrations up to ``target``, each atomically; returns the version reached."""
+def statements(script: str) -> list[str]:
+    """A migration script split into complete SQL statements (``sqlite3.complete_statement``)."""
+    out, buf = [], ""
+    for line in script.splitlines(keepends=True):
+        buf += line
+        if sqlite3.complete_statement(buf):
+            if buf.strip().strip(";").strip():
+                out.append(buf.strip())
+            buf = ""
+    if buf.strip() and not all(ln.strip().startswith("--") or not ln.strip()
+                               for ln in buf.splitlines()):
+        raise ValueError(f"incomplete SQL statement at the end of a migration: {buf.strip()[:80]}")
+    return out
+
+
+def migrate(conn: sqlite3.Connection, target: int | None = None) -> int:
+    """Apply the migrations up to ``target`` (default ``LATEST``); returns the version reached.
+
+    Safe against concurrent processes: the version is read and every missing migration applied
+    inside ONE exclusive transaction (``BEGIN EXCLUSIVE`` waits up to the connection's busy
+    timeout), so a second process opening the same new or old file waits, then finds it migrated
+    and does nothing; a crash or an error leaves the previous version intact (rolled back)."""
+    target = len(MIGRATIONS) if target is None else target
     register_functions(conn)
-    current = version(conn)
-    for v in range(current + 1, target + 1):
+    if version(conn) >= target:   # the common case: no lock needed
+        return version(conn)
+    isolation = conn.isolation_level
+    conn.isolation_level = None   # we issue BEGIN/COMMIT ourselves
+    try:
+        conn.execute("BEGIN EXCLUSIVE")
         try:
-            conn.executescript(f"BEGIN;\n{MIGRATIONS[v - 1]}\nPRAGMA user_version = {v};\nCOMMIT;")
-        except sqlite3.Error:
+            for v in range(version(conn) + 1, target + 1):
+                for stmt in statements(MIGRATIONS[v - 1]):
+                    conn.execute(stmt)
+                conn.execute(f"PRAGMA user_version = {int(v)}")
+            conn.execute("COMMIT")
+        except BaseException:
             if conn.in_transaction:
                 conn.execute("ROLLBACK")
             raise
+    finally:
+        conn.isolation_level = isolation
     return version(conn)

@@ -31,13 +31,12 @@ from pathlib import Path
 from typing import Any
 
 from costdb.errors import CostdbError
+from devices import inventory_schema
 from devices.catalog import DeviceProfile, catalog
 
-SSH_KEYS = {"host", "hostname", "user", "port", "key", "proxy_jump", "python", "remote_dir",
-            "known_hosts", "timeout"}
-SERIAL_KEYS = {"serial", "baud", "board", "timeout"}
-COMMON_KEYS = {"based_on", "profile", "description", "sensor", "sensor_options", "sysfs_root",
-               "threads"}
+SSH_KEYS = set(inventory_schema.SSH_SCHEMA)
+SERIAL_KEYS = set(inventory_schema.SERIAL_SCHEMA)
+COMMON_KEYS = set(inventory_schema.COMMON_SCHEMA)
 
 
 @dataclass(frozen=True)
@@ -68,6 +67,10 @@ class Inventory:
     devices: dict[str, InventoryEntry]
 
 
+#: an inventory lists devices; a file beyond this is not one
+MAX_INVENTORY_BYTES = 1 << 20
+
+
 def default_path() -> Path:
     env = os.environ.get("COSTDB_INVENTORY")
     if env:
@@ -82,13 +85,38 @@ def _line_of(text: str, name: str) -> int:
     return text.count("\n", 0, m.start()) + 1 if m else 1
 
 
+def _key_line(text: str, table_line: int, key: str) -> int:
+    """The line of ``key = ...`` in the table starting at ``table_line`` (else that line)."""
+    lines = text.splitlines()
+    for k in range(table_line, len(lines)):
+        if lines[k].lstrip().startswith("["):
+            break
+        if re.match(r"\s*" + re.escape(key) + r"\s*=", lines[k]):
+            return k + 1
+    return table_line
+
+
 def load(path: str | os.PathLike | None = None, required: bool = False) -> Inventory:
     """Parse and validate an inventory; a missing default file is an empty inventory."""
     explicit = path is not None
     p = Path(path) if explicit else default_path()
     try:
         exists = p.is_file()
-        text = p.read_text(encoding="utf-8", errors="replace") if exists else ""
+        if not exists and p.exists():
+            raise CostdbError(f"inventory {p} is not a regular file (a directory, FIFO or device); "
+                              "give the TOML file")
+        raw = b""
+        if exists:
+            with p.open("rb") as f:
+                raw = f.read(MAX_INVENTORY_BYTES + 1)
+        if len(raw) > MAX_INVENTORY_BYTES:
+            raise CostdbError(f"inventory {p} is larger than {MAX_INVENTORY_BYTES // 1024} KiB; "
+                              "give the TOML file of your devices")
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        line = raw[:e.start].count(b"\n") + 1
+        raise CostdbError(f"inventory {p} line {line}: not UTF-8 text; save the file as "
+                          "UTF-8") from None
     except OSError as e:
         if not (explicit or required):
             return Inventory(None, {})  # an unreadable default location is no inventory
@@ -108,24 +136,34 @@ def load(path: str | os.PathLike | None = None, required: bool = False) -> Inven
     if unknown_top:
         raise CostdbError(f"inventory {p} line 1: unknown top-level table(s) {sorted(unknown_top)}; "
                           "only [devices.NAME] tables are allowed")
+    if not isinstance(data.get("devices", {}), dict):
+        raise CostdbError(f"inventory {p} line 1: devices must be a table of [devices.NAME] "
+                          f"tables, got {data['devices']!r:.40}")
     profiles = catalog()
     devices: dict[str, InventoryEntry] = {}
     for name, entry in (data.get("devices") or {}).items():
         line = _line_of(text, name)
+        if not inventory_schema.valid_name(name):
+            raise CostdbError(f"inventory {p} line {line}: device name {name!r:.80} is not "
+                              "allowed; use 1-128 characters on one line, without leading or trailing spaces")
 
         def bad(problem: str) -> CostdbError:
             return CostdbError(f"inventory {p} line {line}: device {name!r}: {problem}")
         if not isinstance(entry, dict):
             raise bad("must be a table [devices.NAME]")
-        unknown = set(entry) - SSH_KEYS - SERIAL_KEYS - COMMON_KEYS
-        if unknown:
-            raise bad(f"unknown key(s) {', '.join(sorted(unknown))}")
+        problem = inventory_schema.check_keys(entry)
+        if problem:
+            line = _key_line(text, line, problem.split()[0])
+            raise bad(problem)
         base = entry.get("based_on", name)
         if base not in profiles:
             raise bad(f"based_on {base!r} is not a catalog device ({', '.join(profiles)})")
         overrides = entry.get("profile") or {}
         if not isinstance(overrides, dict):
             raise bad("profile must be a table of overrides")
+        problem = inventory_schema.check_profile(overrides)
+        if problem:
+            raise bad(problem)
         try:
             profile = profiles[base].with_overrides(name, overrides) if (overrides or base != name) \
                 else profiles[base]

@@ -42,7 +42,37 @@ DEFAULT_TIMEOUT = 600.0          # one remote command / one agent request
 DEFAULT_START_TIMEOUT = 300.0    # python + torch import on a slow SD card
 DEFAULT_SESSION_TIMEOUT = 86400  # the agent process as a whole
 DEFAULT_RECONNECT_TIMEOUT = 300.0
+DEFAULT_CONNECT_TIMEOUT = 15.0
+DEFAULT_COMMAND_TIMEOUT = 30.0   # small helper commands: id, df, kill
 KILL_GRACE = 5
+#: exit status of the launcher when the cached agent does not match its content hash
+HASH_MISMATCH = 5
+#: Runs the agent from a private verified copy: reads the cached file ONCE, checks its sha256,
+#: writes those bytes into a fresh directory created under umask 077 inside the (verified,
+#: private) cache directory, and runs that copy; what runs is what was hashed, and no other user
+#: can write between the check and the use. Python 2.7/3.6+ syntax (runs before the version check).
+LAUNCHER = (
+    "import hashlib,os,runpy,shutil,sys,tempfile\n"
+    "p,h=sys.argv[1],sys.argv[2]\n"
+    "f=open(p,'rb')\n"
+    "d=f.read()\n"
+    "f.close()\n"
+    "if hashlib.sha256(d).hexdigest()!=h:\n"
+    "    sys.stderr.write('costdb agent: %s does not match its sha256 %s; refusing to run it\\n'"
+    " % (p,h))\n"
+    "    sys.exit(5)\n"
+    "os.umask(0o077)\n"
+    "t=tempfile.mkdtemp(prefix='run-',dir=os.path.dirname(p))\n"
+    "try:\n"
+    "    q=os.path.join(t,'agent.pyz')\n"
+    "    fd=os.open(q,os.O_WRONLY|os.O_CREAT|os.O_EXCL,0o600)\n"
+    "    os.write(fd,d) == len(d) or sys.exit(5)\n"
+    "    os.close(fd)\n"
+    "    sys.argv=[q]+sys.argv[3:]\n"
+    "    runpy.run_path(q,run_name='__main__')\n"
+    "finally:\n"
+    "    shutil.rmtree(t,True)\n"
+)
 
 
 class LinkLost(Exception):
@@ -112,9 +142,14 @@ class SshTarget:
     python: str = "python3"
     remote_dir: str = DEFAULT_REMOTE_DIR
     timeout: float = DEFAULT_TIMEOUT
-    connect_timeout: float = 15.0
+    connect_timeout: float = DEFAULT_CONNECT_TIMEOUT
     accept_new_host_key: bool = False
     ssh_config: str | None = None
+    #: every remote wait is a setting (inventory keys of the same names, docs/ssh.md)
+    start_timeout: float = DEFAULT_START_TIMEOUT
+    command_timeout: float = DEFAULT_COMMAND_TIMEOUT
+    session_timeout: float = DEFAULT_SESSION_TIMEOUT
+    reconnect_timeout: float = DEFAULT_RECONNECT_TIMEOUT
 
     @property
     def address(self) -> str:
@@ -166,15 +201,28 @@ def resolve_target(device: str, conn: dict[str, Any], options: dict[str, Any] | 
     if proxy and proxy.lower() == "none":
         proxy = None
     timeout = float(conn.get("timeout") or options.get("timeout") or DEFAULT_TIMEOUT)
-    ct = looked.get("connecttimeout")
+
+    def setting(key: str, default: float) -> float:
+        v = conn.get(key) if conn.get(key) is not None else options.get(key)
+        return float(v) if v is not None else default
+    ct = conn.get("connect_timeout") or options.get("connect_timeout") or looked.get("connecttimeout")
+    try:
+        ct = float(ct) if ct else None
+    except ValueError:
+        raise CostdbError(f"device {device!r}: bad ConnectTimeout {ct!r} in ssh config; give a "
+                          "number of seconds") from None
     return SshTarget(
         device=device, alias=alias, hostname=hostname, port=port,
         user=conn.get("user") or looked.get("user") or os.environ.get("USER") or None,
         keys=keys, proxy_jump=proxy, known_hosts=known,
         python=conn.get("python") or options.get("python") or "python3",
         remote_dir=conn.get("remote_dir") or options.get("remote_dir") or DEFAULT_REMOTE_DIR,
-        timeout=timeout, connect_timeout=float(ct) if ct else min(15.0, timeout),
-        accept_new_host_key=bool(options.get("accept_new_host_key")), ssh_config=cfg_path)
+        timeout=timeout, connect_timeout=ct if ct else min(DEFAULT_CONNECT_TIMEOUT, timeout),
+        accept_new_host_key=bool(options.get("accept_new_host_key")), ssh_config=cfg_path,
+        start_timeout=setting("start_timeout", DEFAULT_START_TIMEOUT),
+        command_timeout=setting("command_timeout", min(DEFAULT_COMMAND_TIMEOUT, timeout)),
+        session_timeout=setting("session_timeout", DEFAULT_SESSION_TIMEOUT),
+        reconnect_timeout=setting("reconnect_timeout", DEFAULT_RECONNECT_TIMEOUT))
 
 
 def _parse_jump(hop: str) -> dict[str, Any]:
@@ -339,6 +387,7 @@ class SshSession:
         self.client, self._jumps = connect_ssh(target, options)
         self._sftp: paramiko.SFTPClient | None = None
         self._home: str | None = None
+        self._uid: int | None = None
 
     @property
     def device(self) -> str:
@@ -454,7 +503,7 @@ class SshSession:
                                       "set remote_dir in the inventory to a directory")
             except FileNotFoundError:
                 try:
-                    self.sftp.mkdir(cur, 0o755)
+                    self.sftp.mkdir(cur, 0o700)   # private: see verify_private_dir
                 except OSError as e:
                     try:  # another session to this host may have just created it
                         if stat.S_ISDIR(self.sftp.stat(cur).st_mode):
@@ -484,22 +533,107 @@ class SshSession:
             except OSError:
                 probe = posixpath.dirname(probe) or "/"
         try:
-            res = self.run(["df", "-Pk", "--", probe], timeout=min(30.0, self.target.timeout),
+            res = self.run(["df", "-Pk", "--", probe], timeout=self.target.command_timeout,
                            check=False)
             line = res.text.strip().splitlines()[-1].split()
             return int(line[3]) * 1024
         except (CostdbError, LinkLost, ValueError, IndexError):
             return None
 
+    def remote_uid(self) -> int:
+        """The numeric user id we log in as on the device (``id -u``)."""
+        if self._uid is None:
+            res = self.run(["id", "-u"], timeout=self.target.command_timeout, check=False)
+            try:
+                self._uid = int(res.text.strip())
+            except ValueError:
+                raise CostdbError(f"device {self.device!r}: cannot tell our user id on the "
+                                  f"device ('id -u' said {_one_line(res.text, 40)!r}); install "
+                                  "coreutils on it") from None
+        return self._uid
+
+    def _unsafe(self, path: str, st: Any, own: bool, uid: int) -> str | None:
+        """Why directory ``path`` lets another user replace what is in it, or None."""
+        mode = st.st_mode
+        if not stat.S_ISDIR(mode):
+            return "not a directory"
+        owners = (uid,) if own else (uid, 0)
+        if st.st_uid not in owners:
+            return (f"owned by uid {st.st_uid}, not by you (uid {uid})" if own else
+                    f"inside a directory owned by uid {st.st_uid} (neither you nor root)")
+        if mode & 0o022 and not (not own and mode & stat.S_ISVTX):
+            return f"writable by {'group and others' if mode & 0o002 else 'its group'} (mode " \
+                   f"{stat.S_IMODE(mode):04o})"
+        return None
+
+    def verify_private_dir(self, path: str) -> str:
+        """Check that no other user can replace files in ``path`` (the agent cache): it and its
+        version directory are owned by us and not group/other-writable, every directory above it
+        is owned by us or root and not writable by others unless sticky (as /tmp). Returns the
+        canonical path (symlinks resolved, so what was checked is what is used); refuses with
+        the fix otherwise."""
+        try:
+            real = self.sftp.normalize(path)
+        except OSError as e:
+            self._disk_error(path, e, "resolve")
+        uid = self.remote_uid()
+        parts = [p for p in real.split("/") if p]
+        for k in range(len(parts) + 1):
+            cur = "/" + "/".join(parts[:k])
+            try:
+                st = self.sftp.stat(cur)
+            except OSError as e:
+                self._disk_error(cur, e, "check")
+            why = self._unsafe(cur, st, own=k == len(parts) and k > 0, uid=uid)
+            if why:
+                fix = (f"'chmod go-w {shlex.quote(cur)}'" if "writable" in why and st.st_uid == uid
+                       else "set remote_dir in the inventory to a directory only you can write, "
+                            "e.g. ~/.cache/costdb-agent")
+                raise CostdbError(
+                    f"device {self.device!r}: refusing the agent cache {real}: {cur} is {why}, so "
+                    f"another user could replace the agent and run code as you; fix: {fix}")
+        return real
+
+    def _clean_runs(self, rdir: str, older_than: float) -> None:
+        """Remove private run copies left by killed agents (``run-*`` older than the session
+        timeout: a live agent's copy is younger)."""
+        try:
+            entries = self.sftp.listdir_attr(rdir)
+        except OSError:
+            return
+        now = time.time()
+        for e in entries:
+            if not e.filename.startswith("run-") or not stat.S_ISDIR(e.st_mode or 0):
+                continue
+            if e.st_mtime is None or now - e.st_mtime < older_than:
+                continue
+            d = posixpath.join(rdir, e.filename)
+            try:
+                for f in self.sftp.listdir(d):
+                    self.sftp.remove(posixpath.join(d, f))
+                self.sftp.rmdir(d)
+            except OSError:
+                pass
+
     def ensure_agent(self) -> tuple[str, bool]:
-        """Upload the agent bundle unless an identical copy is there; (remote path, uploaded)."""
+        """Upload the agent bundle unless an identical copy is there; (remote path, uploaded).
+
+        The cache directory is created private (0700) and verified before use
+        (``verify_private_dir``); the agent then runs through ``LAUNCHER`` from a private copy
+        of exactly the bytes whose hash it checked."""
         data, digest, dirname = bundle()
         base = self.abspath(self.target.remote_dir)
+        self.makedirs(base)
+        base = self.verify_private_dir(base)
         rdir = posixpath.join(base, dirname)
         path = posixpath.join(rdir, "agent.pyz")
         try:
             st = self.sftp.stat(path)
-            if st.st_size == len(data):
+            rdir = self.verify_private_dir(rdir)
+            path = posixpath.join(rdir, "agent.pyz")
+            self._clean_runs(rdir, self.target.session_timeout + KILL_GRACE)
+            if st.st_size == len(data) and stat.S_ISREG(st.st_mode) \
+                    and st.st_uid == self.remote_uid():
                 buf = io.BytesIO()
                 self.sftp.getfo(path, buf)
                 if hashlib.sha256(buf.getvalue()).hexdigest() == digest:
@@ -508,6 +642,8 @@ class SshSession:
         except FileNotFoundError:
             pass
         self.makedirs(rdir)
+        rdir = self.verify_private_dir(rdir)
+        path = posixpath.join(rdir, "agent.pyz")
         # unique per upload: parallel sessions to one host share a pid but not this name
         tmp = f"{path}.tmp-{os.getpid()}-{uuid.uuid4().hex[:12]}"
         try:
@@ -517,6 +653,7 @@ class SshSession:
             # a full disk may surface only as a short file (pipelined writes): check the size
             if self.sftp.stat(tmp).st_size != len(data):
                 raise OSError(28, "short write: No space left on device?")
+            self.sftp.chmod(tmp, 0o600)
             self.sftp.posix_rename(tmp, path)
         except OSError as e:
             try:
@@ -545,9 +682,9 @@ class SshAgent:
         self.threads = threads or self.settings.get("threads")
         self.sysfs_root = self.settings.get("sysfs_root") or self.options.get("sysfs_root") or "/"
         self.compute_unit = self.options.get("compute_unit") or self.settings.get("compute_unit") or "cpu"
-        self.start_timeout = float(self.options.get("start_timeout") or DEFAULT_START_TIMEOUT)
-        self.session_timeout = float(self.options.get("session_timeout") or DEFAULT_SESSION_TIMEOUT)
-        self.reconnect_timeout = float(self.options.get("reconnect_timeout", DEFAULT_RECONNECT_TIMEOUT))
+        self.start_timeout = target.start_timeout
+        self.session_timeout = target.session_timeout
+        self.reconnect_timeout = target.reconnect_timeout
         self.reconnects = 0
         self._warn = self.options.get("on_warning") or (lambda msg: None)
         self.agent_restarts = 0
@@ -570,7 +707,11 @@ class SshAgent:
     # --- process ------------------------------------------------------------------------------
 
     def _agent_argv(self) -> list[str]:
-        argv = [self.target.python, self.agent_path, "--sysfs-root", self.sysfs_root]
+        """The interpreter runs ``LAUNCHER``, which checks the cached agent's hash and runs a
+        private copy of the checked bytes (never the shared path itself)."""
+        _, digest, _ = bundle()
+        argv = [self.target.python, "-c", LAUNCHER, self.agent_path, digest,
+                "--sysfs-root", self.sysfs_root]
         if self.threads:
             argv += ["--threads", str(int(self.threads))]
         return argv
@@ -590,9 +731,11 @@ class SshAgent:
             raise self._start_error(e) from None
         except RequestTimeout:
             self._kill_agent()
-            raise CostdbError(f"device {self.device!r}: the agent did not start within "
-                              f"{self.start_timeout:g} s ({self.target.python} {self.agent_path}); "
-                              "check the device's load and disk, or raise start_timeout") from None
+            raise CostdbError(f"device {self.device!r}: timed out: the agent did not answer "
+                              f"within {self.start_timeout:g} s (start_timeout) of starting "
+                              f"'{self.target.python} {self.agent_path}' (python and torch "
+                              "import); check the device's load and disk, or raise "
+                              "start_timeout in the inventory") from None
         self.remote_pid = reply.get("pid")
         reply = {k: v for k, v in reply.items() if k not in ("ok", "pid")}
         reply["agent_bundle"] = {"path": self.agent_path, "uploaded": uploaded}
@@ -609,13 +752,23 @@ class SshAgent:
         if e.status == 126:
             return CostdbError(f"device {dev!r}: {py} is not executable on the device; fix python = "
                                "in the inventory")
+        if e.status in (124, 137) and "PyTorch is not installed" not in err:
+            # the remote `timeout` ended it (124) or killed it after the grace period (137)
+            return CostdbError(f"device {dev!r}: timed out: '{py} {self.agent_path}' was stopped "
+                               f"by its limit of {self.session_timeout:g} s (session_timeout) "
+                               "while starting; check the device's load, or raise "
+                               "session_timeout/start_timeout in the inventory")
+        if e.status == HASH_MISMATCH and "does not match its sha256" in err:
+            return CostdbError(f"device {dev!r}: the cached agent {self.agent_path} changed "
+                               "between upload and start (it does not match its hash); it was "
+                               "not run: check who else writes to remote_dir")
         if illegal_instruction(e):
             return CostdbError(f"device {dev!r}: {py} crashed with SIGILL (illegal instruction) "
                                f"starting the agent{_crash_site(e.stderr)}: its torch build uses CPU "
                                "instructions this device lacks (a Cortex-A72/Pi 4B is ARMv8.0-A); "
                                "install a torch release built for it (docs/emulated.md lists the "
                                "ones that work)")
-        if e.status == 3 or "PyTorch is not installed" in err:
+        if e.status == 3 and "PyTorch is not installed" in err:
             return CostdbError(f"device {dev!r}: PyTorch is missing for {py} on the device; install "
                                "it ('pip3 install torch'; on a Jetson: NVIDIA's JetPack torch wheel)")
         if e.status == 4:
@@ -687,7 +840,8 @@ class SshAgent:
         pid = self.remote_pid
         if pid and self.session.active():
             try:
-                self.session.run(["kill", "-KILL", str(int(pid))], timeout=15, check=False)
+                self.session.run(["kill", "-KILL", str(int(pid))],
+                                 timeout=self.target.command_timeout, check=False)
             except (CostdbError, LinkLost):
                 pass
         if self._ch is not None:
@@ -812,7 +966,7 @@ class SshAgent:
                 # the agent answers bye and exits by itself (its remote timeout bounds it); we do
                 # not wait for the interpreter's shutdown
                 try:
-                    self._request({"cmd": "bye"}, 10, "closing")
+                    self._request({"cmd": "bye"}, self.target.command_timeout, "closing")
                 except (LinkLost, AgentDied, RequestTimeout, CostdbError):
                     pass
                 ch.close()

@@ -34,10 +34,23 @@ phases (and units that map to no node), is returned as ``unattributed``, never h
 **Profiler overhead.** Every recorded event costs time (``record_shapes`` included) that an
 unprofiled iteration does not spend, and so does every range opened from Python (an unprofiled
 iteration opens none; they use ``_RecordFunctionFast``, ~1 us, where ``record_function`` costs
-~20 us). ``calibrate_overhead`` measures both independently of any model, on loops of tiny
-training-shaped aten calls and of empty ranges, with and without the profiler; each node's
-figure is corrected by (events inside its time) x (cost per event) + (ranges) x (cost per range).
-No figure is ever scaled to a measured iteration total.
+~20 us). Measured on this project's benchmark, the real cost per event inside a model's
+iteration is 2-10 us, several times what a model-free calibration on tiny calls finds (~0.45 us:
+cache and allocator effects of the profiler's bookkeeping grow with the model), so the model-free
+correction left the in-context estimate 9-38 % too high. The default correction is therefore
+measured **in situ** (``correction="in_situ"``): plain iterations of the user's own module,
+timed per phase with ``perf_counter`` and no profiler, are interleaved with the profiled ones;
+per phase (fwd / bwd / update) the profiled nodes' excess over the plain phase time, divided by
+the phase's recorded events, is the cost per event, and each node's figure is reduced by its
+events x that cost. The per-phase sums of node figures then equal the plain phase medians of the
+same profile, and the split between nodes follows the profiler's timeline; the figures are
+checked against a separate, later timing of a freshly built model (benchmarks/bench_costmodel.py).
+``correction="calibrated"`` keeps the model-free ``calibrate_overhead`` correction: (events
+inside a node's time) x (cost per event) + (ranges) x (cost per range).
+
+**Samples.** One iteration's figure of a tiny node is one call of a few microseconds, so its
+dispersion says little; as pyperf does with inner loops, a stored sample is the mean over
+``block`` consecutive iterations (``inner_loops`` = ``block``), and the CV is that of the samples.
 """
 from __future__ import annotations
 
@@ -61,7 +74,7 @@ from costdb.errors import CostdbError
 from devices.agent.measure import _quiet_stderr, measure_op
 from devices.agent.stats import summarize
 from profiler.graph import TrainingGraph
-from profiler.iteration import Trainer
+from profiler.iteration import PHASE_GROUPS, Trainer
 
 __all__ = ["InContextResult", "Overhead", "attribute_iteration", "attribution_names",
            "calibrate_overhead", "instrument", "isolated_split", "plan", "profile_in_context"]
@@ -531,9 +544,19 @@ class InContextResult:
     def iterations(self) -> int:
         return len(self.wall_samples)
 
+    @property
+    def block(self) -> int:
+        """Iterations averaged into one sample (pyperf's inner loops)."""
+        return max(1, min(int(self.settings.get("block", 1)), self.iterations))
+
+    def _blocks(self, values: list[float]) -> list[float]:
+        b = self.block
+        n = len(values) // b * b
+        return [sum(values[j:j + b]) / b for j in range(0, n, b)]
+
     def node_estimates(self) -> dict[int, float]:
-        """Median over iterations per node (corrected): robust to a disturbed iteration."""
-        return {i: statistics.median(v) for i, v in self.node_samples.items()}
+        """Median over samples per node (corrected): robust to a disturbed iteration."""
+        return {i: statistics.median(self._blocks(v)) for i, v in self.node_samples.items()}
 
     def predicted_s(self) -> float:
         return sum(self.node_estimates().values())
@@ -558,10 +581,10 @@ class InContextResult:
             by_sig[n.signature].append(n.idx)
         out = {}
         for sig, idxs in by_sig.items():
-            per_it = [sum(self.node_samples[i][j] for i in idxs) / len(idxs)
-                      for j in range(self.iterations)]
+            per_it = self._blocks([sum(self.node_samples[i][j] for i in idxs) / len(idxs)
+                                   for j in range(self.iterations)])
             stats = summarize(per_it)
-            node_cv = [summarize(self.node_samples[i])["cv"] for i in idxs]
+            node_cv = [summarize(self._blocks(self.node_samples[i]))["cv"] for i in idxs]
             out[sig] = {"runtime": stats, "values": per_it, "occurrences": len(idxs),
                         "unstable": stats["cv"] > self.settings.get("cv_threshold", 0.10),
                         "nodes": idxs, "node_cv_max": max(node_cv),
@@ -626,65 +649,132 @@ def _iteration_ranges(tr: Trainer, forward: torch.fx.GraphModule) -> None:
             opt.step()
 
 
-def profile_in_context(tr: Trainer, iterations: int = 15, warmups: int = 3,
+def _plain_iteration(tr: Trainer) -> dict[str, float]:
+    """One iteration of the user's own module, no profiler: seconds per measured phase, split
+    exactly as ``profiler.iteration.time_iterations`` splits them."""
+    opt, clock = tr.optimizer, time.perf_counter
+    t0 = clock()
+    opt.zero_grad(set_to_none=True)
+    t1 = clock()
+    loss = tr.loss_fn(tr.module(tr.x), tr.y)
+    t2 = clock()
+    loss.backward()
+    t3 = clock()
+    opt.step()
+    t4 = clock()
+    return {"fwd": t2 - t1, "bwd": t3 - t2, "update": (t1 - t0) + (t4 - t3)}
+
+
+def in_situ_costs(graph: TrainingGraph, raw: dict[int, list[float]], events: dict[int, float],
+                  plain: dict[str, list[float]]) -> dict[str, float]:
+    """Profiler cost per recorded event in each measured phase, measured in this very run.
+
+    ``raw`` node seconds per profiled iteration, ``events`` mean events per iteration per node,
+    ``plain`` phase seconds of the interleaved unprofiled iterations. Per phase: (sum of the
+    nodes' median raw seconds - median plain phase seconds) / events in the phase.
+    """
+    group = {ph: g for g, phs in PHASE_GROUPS.items() for ph in phs}
+    raw_g: dict[str, float] = defaultdict(float)
+    ev_g: dict[str, float] = defaultdict(float)
+    for n in graph.nodes:
+        g = group[n.phase]
+        raw_g[g] += statistics.median(raw[n.idx])
+        ev_g[g] += events.get(n.idx, 0.0)
+    return {g: ((raw_g[g] - statistics.median(plain[g])) / ev_g[g] if ev_g[g] > 0 else 0.0)
+            for g in PHASE_GROUPS}
+
+
+def profile_in_context(tr: Trainer, iterations: int = 40, warmups: int = 3,
                        isolated: dict[str, float] | None = None,
                        overhead: Overhead | None = None, cv_threshold: float = 0.10,
-                       progress: Callable[[int, int], None] | None = None) -> InContextResult:
+                       progress: Callable[[int, int], None] | None = None,
+                       correction: str = "in_situ", block: int | None = None) -> InContextResult:
     """Run ``warmups`` + ``iterations`` profiled training iterations of ``tr`` and attribute them.
 
-    ``isolated`` (signature -> isolated seconds) sets the fused-backward split; ``overhead``
-    defaults to a fresh ``calibrate_overhead()``. As for isolated ops, when the median CV across
-    signatures exceeds ``cv_threshold`` as many iterations again are profiled (``remeasured``
-    in the settings); signatures still above it are reported ``unstable``.
-    ``progress(done, total)`` after each iteration.
+    ``isolated`` (signature -> isolated seconds) sets the fused-backward split. ``correction``
+    removes the profiler's own cost: ``in_situ`` (default) from unprofiled iterations
+    interleaved with the profiled ones, ``calibrated`` from ``overhead`` (default a fresh
+    ``calibrate_overhead()``); see the module docstring. A sample is the mean of ``block``
+    iterations (default: up to 5, keeping at least 5 samples). As for isolated ops, when the median CV across signatures exceeds
+    ``cv_threshold`` as many iterations again are profiled (``remeasured`` in the settings);
+    signatures still above it are reported ``unstable``. ``progress(done, total)`` after each
+    iteration.
     """
     if iterations < 1:
         raise CostdbError(f"in-context profiling needs at least one iteration, got {iterations}")
+    if correction not in ("in_situ", "calibrated"):
+        raise CostdbError(f"unknown profiler-overhead correction {correction!r}; "
+                          "use in_situ or calibrated")
+    if block is None:
+        block = min(5, max(1, iterations // 5))
     graph = tr.graph
     gm = instrument(tr.module, graph)
     split = isolated_split(graph, isolated)
     p = plan(graph, tr.module, tr.optimizer, split)
-    overhead = overhead or calibrate_overhead()
+    overhead = (overhead or calibrate_overhead()) if correction == "calibrated" else None
     for _ in range(max(0, warmups)):
         tr.step(gm)
+        tr.step()
     node_raw: dict[int, list[float]] = {n.idx: [] for n in graph.nodes}
-    node_cor: dict[int, list[float]] = {n.idx: [] for n in graph.nodes}
-    events: dict[int, float] = defaultdict(float)
+    node_cal: dict[int, list[float]] = {n.idx: [] for n in graph.nodes}
+    node_ev: dict[int, list[float]] = {n.idx: [] for n in graph.nodes}
     walls: list[float] = []
     unattributed: list[float] = []
+    plain: dict[str, list[float]] = {g: [] for g in PHASE_GROUPS}
     detail: dict[str, float] = defaultdict(float)
     kinds: dict[str, float] = defaultdict(float)
 
     def one() -> None:
+        for g, t in _plain_iteration(tr).items():
+            plain[g].append(t)
         with _quiet_stderr():
             with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
                 _iteration_ranges(tr, gm)
         res = attribute_iteration([e for e in prof.events() if e.cpu_parent is None], p)
         acc_raw: dict[int, float] = defaultdict(float)
-        acc_cor: dict[int, float] = defaultdict(float)
+        acc_cal: dict[int, float] = defaultdict(float)
+        acc_ev: dict[int, float] = defaultdict(float)
         lost = 0.0
         for u in res["units"]:
             dur = u.duration * 1e-6
-            # profiler cost inside this time: its events, and the ranges opened from Python
-            cost = u.events * overhead.per_event_s + u.ranges * (overhead.per_range_s
-                                                                 - overhead.per_event_s)
             kinds[u.kind] += dur
             if not u.shares:
                 lost += dur
                 detail[u.label or u.kind] += dur
                 continue
+            cost = 0.0
+            if overhead is not None:  # the model-free calibration's cost inside this time
+                cost = u.events * overhead.per_event_s + u.ranges * (overhead.per_range_s
+                                                                     - overhead.per_event_s)
             for idx, f in u.shares.items():
                 acc_raw[idx] += f * dur
-                acc_cor[idx] += f * max(0.0, dur - cost)
-                events[idx] += f * u.events
+                acc_cal[idx] += f * max(0.0, dur - cost)
+                acc_ev[idx] += f * (u.events + u.ranges)
         between = max(0.0, res["wall_s"] - sum(res["phase_s"].values()))
         detail["between phases"] += between
         lost += between
         for n in graph.nodes:
             node_raw[n.idx].append(acc_raw.get(n.idx, 0.0))
-            node_cor[n.idx].append(acc_cor.get(n.idx, 0.0))
+            node_cal[n.idx].append(acc_cal.get(n.idx, 0.0))
+            node_ev[n.idx].append(acc_ev.get(n.idx, 0.0))
         walls.append(res["wall_s"])
         unattributed.append(lost)
+
+    def result() -> tuple[InContextResult, dict[str, float]]:
+        ev = {i: statistics.fmean(v) for i, v in node_ev.items()}
+        costs: dict[str, float] = {}
+        if correction == "in_situ":
+            costs = in_situ_costs(graph, node_raw, ev, plain)
+            group = {ph: g for g, phs in PHASE_GROUPS.items() for ph in phs}
+            cor = {n.idx: [max(0.0, r - e * costs[group[n.phase]])
+                           for r, e in zip(node_raw[n.idx], node_ev[n.idx])]
+                   for n in graph.nodes}
+        else:
+            cor = node_cal
+        res = InContextResult(graph, cor, node_raw, ev, walls, unattributed, dict(detail),
+                              dict(kinds), overhead or Overhead(0.0, 0.0), split)
+        res.settings = {"block": block}
+        return res, costs
 
     total = iterations
     for i in range(iterations):
@@ -692,23 +782,24 @@ def profile_in_context(tr: Trainer, iterations: int = 15, warmups: int = 3,
         if progress:
             progress(i + 1, total)
     remeasured = False
-    result = InContextResult(graph, node_cor, node_raw, events, walls, unattributed, detail,
-                             kinds, overhead, split)
-    if iterations > 1 and _median_cv(result) > cv_threshold:
+    res, costs = result()
+    if iterations > 1 and _median_cv(res) > cv_threshold:
         remeasured, total = True, 2 * iterations
         for i in range(iterations, total):
             one()
             if progress:
                 progress(i + 1, total)
+        res, costs = result()
     n = len(walls)
-    for d in (events, detail, kinds):
-        for k in d:
-            d[k] /= n
-    result.events, result.unattributed_detail, result.kinds = dict(events), dict(detail), dict(kinds)
-    result.settings = {"iterations": n, "warmups": warmups, "threads": torch.get_num_threads(),
-                       "remeasured": remeasured, "cv_threshold": cv_threshold,
-                       "overhead": overhead.to_dict()}
-    return result
+    res.unattributed_detail = {k: v / n for k, v in detail.items()}
+    res.kinds = {k: v / n for k, v in kinds.items()}
+    res.settings = {"iterations": n, "warmups": warmups, "threads": torch.get_num_threads(),
+                    "remeasured": remeasured, "cv_threshold": cv_threshold, "block": block,
+                    "correction": correction,
+                    "overhead": overhead.to_dict() if overhead is not None else None,
+                    "in_situ_cost_per_event_s": costs,
+                    "plain_phase_s": {g: statistics.median(v) for g, v in plain.items()}}
+    return res
 
 
 def _median_cv(res: InContextResult) -> float:

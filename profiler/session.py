@@ -48,6 +48,8 @@ class ProfileResult:
     in_context: dict[str, Any] | None = None
     #: the settings fingerprint (``settings`` row id) the measurements were taken under
     settings_id: int | None = None
+    #: planned ops another profile running at the same time measured (not measured here)
+    concurrent: int = 0
 
 
 def attribute_energy(result: dict[str, Any], profile: DeviceProfile,
@@ -128,7 +130,7 @@ def _in_context_step(db: Database, device: str, session_id: int, settings_id: in
     """
     from profiler.incontext import profile_in_context
     from profiler.iteration import model_trainer
-    iterations = int(settings.get("in_context_iterations", 15))
+    iterations = int(settings.get("in_context_iterations", 40))
     tr = model_trainer(model, graph.batch, graph.input_shape, dtype=graph.dtype)
     if tr.graph.key != graph.key or tr.graph.signatures() != graph.signatures():
         raise CostdbError(f"the model built for in-context profiling ({tr.graph.key}) does not "
@@ -149,10 +151,10 @@ def _in_context_step(db: Database, device: str, session_id: int, settings_id: in
     records = []
     for sig, f in res.signature_figures().items():
         stats = f["runtime"]
-        r = {"signature": sig, "status": "ok", "runtime": stats, "inner_loops": 1,
+        r = {"signature": sig, "status": "ok", "runtime": stats, "inner_loops": res.block,
              "unstable": f["unstable"], "remeasured": res.settings["remeasured"],
              "runtime_provenance": "measured",
-             "raw": {"values": f["values"], "inner_loops": 1},
+             "raw": {"values": f["values"], "inner_loops": res.block},
              "occurrences": f["occurrences"], "events_per_call": f["events_per_call"],
              "node_cv_max": f["node_cv_max"]}
         if sig in memory:  # not measured in context: the isolated call's, said so
@@ -169,10 +171,63 @@ def _in_context_step(db: Database, device: str, session_id: int, settings_id: in
                "unattributed_share": coverage["unattributed_share"],
                "unattributed": res.unattributed_detail,
                "overhead_removed_share": coverage["overhead_share"],
-               "overhead": res.overhead.to_dict(), "predicted": res.phases(),
+               "correction": res.settings["correction"], "block": res.block,
+               "overhead": res.settings["overhead"],
+               "in_situ_cost_per_event_s": res.settings["in_situ_cost_per_event_s"],
+               "plain_phase_s": res.settings["plain_phase_s"], "predicted": res.phases(),
                "events_per_iteration": sum(res.events.values()),
                "by_kind_s": res.kinds}
     return summary
+
+
+#: how long a profile waits for ops another running profile has claimed before measuring them
+#: itself (a claim holder on another host cannot be checked for liveness)
+CLAIM_WAIT_S = 3600.0
+
+
+def _measure_claimed(db: Database, sid: int, device: str, settings_id: int | None,
+                     since: str | None, plan: list[dict[str, Any]],
+                     measure: Callable[[int, dict[str, Any]], None], result: ProfileResult,
+                     emit: Callable[..., Any]) -> list[tuple[int, dict[str, Any]]]:
+    """Measure every op of ``plan`` this session can claim; returns the ops held by others."""
+    deferred = []
+    for i, spec in enumerate(plan):
+        holder = db.claim_op(sid, device, spec["signature"], settings_id, since=since)
+        if holder is None:
+            measure(i, spec)
+        elif holder == Database.DONE:   # measured meanwhile by another profile
+            result.concurrent += 1
+            emit("measured", spec=spec, index=i, result=None, device=device)
+        else:
+            deferred.append((i, spec))
+    return deferred
+
+
+def _wait_for_claims(db: Database, sid: int, device: str, settings_id: int | None,
+                     since: str | None, deferred: list[tuple[int, dict[str, Any]]],
+                     measure: Callable[[int, dict[str, Any]], None], result: ProfileResult,
+                     emit: Callable[..., Any], wait_s: float = CLAIM_WAIT_S) -> None:
+    """Ops another running session claimed: wait until it measured them (skip), or until it
+    ended without (``close_stale_sessions`` notices a dead process of this host), then measure
+    them here. After ``wait_s`` the rest is measured anyway (an op measured twice is better
+    than a profile that never ends)."""
+    import time
+    deadline = time.monotonic() + wait_s
+    while deferred:
+        db.close_stale_sessions(device)
+        still = []
+        for i, spec in deferred:
+            holder = db.claim_op(sid, device, spec["signature"], settings_id, since=since)
+            if holder is None or time.monotonic() > deadline:
+                measure(i, spec)
+            elif holder == Database.DONE:
+                result.concurrent += 1
+                emit("measured", spec=spec, index=i, result=None, device=device)
+            else:
+                still.append((i, spec))
+        deferred = still
+        if deferred:
+            time.sleep(0.2)   # polling another process's progress, not synchronising a test
 
 
 def _resolve_inventory(inventory: Inventory | str | None) -> Inventory:
@@ -260,7 +315,9 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
             status = "failed"
             try:
                 emit("start", total=len(plan), device=device)
-                for i, spec in enumerate(plan):
+                since = db.session(sid).started_at if force else None
+
+                def measure(i: int, spec: dict[str, Any]) -> None:
                     emit("op", spec=spec, index=i, device=device)
                     res = agent.measure(spec, settings)
                     res.setdefault("signature", spec["signature"])
@@ -275,6 +332,15 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
                     if m.status == "error":
                         result.failed.append(f"{spec['op']}:{spec['phase']}: {m.error}")
                     emit("measured", spec=spec, index=i, result=res, device=device)
+
+                # cooperative: another profile of this device (same settings) may be measuring
+                # the same ops right now; claim each op first, leave the ones it holds for last
+                # and take over those it did not finish (costdb.database.claim_op)
+                deferred = _measure_claimed(db, sid, device, settings_id, since, plan, measure,
+                                            result, emit)
+                if deferred:
+                    _wait_for_claims(db, sid, device, settings_id, since, deferred, measure,
+                                     result, emit)
                 if ic_todo:
                     result.in_context = _in_context_step(db, device, sid, settings_id, model_id,
                                                          model, graph, settings, entry.profile,

@@ -7,6 +7,9 @@ import os
 
 import click
 
+from costdb.clitypes import BoundedInt, Duration, FiniteFloat, OutputFile, Size
+from costdb.units import MAX_DURATION_S, MAX_ELEMENTS
+
 MODES = ("integrated", "remat", "paging")
 _db = click.option("--db", "db_path", default=lambda: os.environ.get("COSTDB_DB", "costs.db"),
                    show_default="costs.db or $COSTDB_DB", type=click.Path(dir_okay=False),
@@ -19,16 +22,16 @@ def _common(f):
         click.option("--model", default=None, help="Zoo model or stored model key."),
         click.option("--graph", default=None, type=click.Path(dir_okay=False, exists=True),
                      help="Solve a training DAG in the JSON graph format instead (docs/solver.md)."),
-        click.option("--batch", type=click.IntRange(min=1), default=None),
+        click.option("--batch", type=BoundedInt(min=1, max=MAX_ELEMENTS), default=None),
         click.option("--input", "input_shape", default=None, metavar="CxHxW"),
         click.option("--granularity", type=click.Choice(["layer", "op"]), default="layer",
                      show_default=True, help="layer: POET's one forward + one backward node per layer."),
         click.option("--mode", type=click.Choice(MODES), default="integrated", show_default=True,
                      help="integrated remat+paging, remat-only (Checkmate) or paging-only."),
         click.option("--solver", type=click.Choice(["highs", "cbc"]), default="highs", show_default=True),
-        click.option("--time-limit", type=click.FloatRange(min=0.1), default=60.0, show_default=True,
+        click.option("--time-limit", type=FiniteFloat(min=0.1, max=MAX_DURATION_S), default=60.0, show_default=True,
                      help="Seconds per MILP."),
-        click.option("--gap", type=click.FloatRange(min=0.0), default=1e-4, show_default=True,
+        click.option("--gap", type=FiniteFloat(min=0.0, max=1e6), default=1e-4, show_default=True,
                      help="Relative optimality gap at which to stop."),
         click.option("--compat", is_flag=True,
                      help="Published POET formulation: activations only, paging outside the deadline."),
@@ -61,12 +64,12 @@ def _inventory(path):
 
 @click.command()
 @_common
-@click.option("--memory", default=None, help="RAM budget, e.g. 256MiB or 1.5GB.")
-@click.option("--deadline", default=None, help="Runtime limit, e.g. 2s or 150ms.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Solver threads.")
-@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
+@click.option("--memory", type=Size(), default=None, help="RAM budget, e.g. 256MiB or 1.5GB.")
+@click.option("--deadline", type=Duration(), default=None, help="Runtime limit, e.g. 2s or 150ms.")
+@click.option("--threads", type=BoundedInt(min=1, max=4096), default=None, help="Solver threads.")
+@click.option("-o", "--output", default=None, type=OutputFile(),
               help="Write the schedule as JSON.")
-@click.option("--binary", "binary_output", default=None, type=click.Path(dir_okay=False),
+@click.option("--binary", "binary_output", default=None, type=OutputFile(),
               help="Write the compact binary schedule (what a device receives).")
 def solve(device, model, graph, batch, input_shape, granularity, mode, solver, time_limit, gap,
           compat, overlap, method, inventory, settings, kind, db_path, memory, deadline, threads,
@@ -95,11 +98,11 @@ def solve(device, model, graph, batch, input_shape, granularity, mode, solver, t
 @_common
 @click.option("--budgets", default=None, help="Comma-separated RAM budgets (default: --points "
                                                "from the minimum to the no-savings peak).")
-@click.option("--points", "n_budgets", type=click.IntRange(min=1), default=5, show_default=True)
+@click.option("--points", "n_budgets", type=BoundedInt(min=1, max=10_000), default=5, show_default=True)
 @click.option("--deadlines", default=None, help="Comma-separated deadlines, 'none' for no limit.")
 @click.option("--executor", type=click.Choice(["process", "dask", "serial"]), default="process",
               show_default=True, help="Where sweep points run.")
-@click.option("--workers", type=click.IntRange(min=1), default=None,
+@click.option("--workers", type=BoundedInt(min=1, max=4096), default=None,
               help="Worker processes (default: the cores of this machine).")
 @click.option("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786 "
                                                 "(default with --executor dask: a local cluster).")

@@ -5,10 +5,10 @@ file, solve / sweep, validate every schedule with the simulator, store it and re
 """
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any, Callable
 
 from costdb.errors import CostdbError
+from costdb.files import write_output
 from costdb.units import fmt_bytes, fmt_joules, fmt_seconds, parse_duration, parse_shape, parse_size
 from solver.problem import Instance, instance_from_db, load_graph_json
 from solver.solve import InfeasibleError, SolveResult, solve
@@ -72,9 +72,9 @@ def run_solve(db_path: str, device: str | None = None, model: str | None = None,
                           "--method lp_round")
     names = [n.name for n in inst.nodes]
     if output:
-        Path(output).write_text(res.schedule.to_json(names, indent=1))
+        write_output(output, res.schedule.to_json(names, indent=1).encode())
     if binary_output:
-        Path(binary_output).write_bytes(res.schedule.to_bytes())
+        write_output(binary_output, res.schedule.to_bytes())
     return res, inst, sid
 
 

@@ -331,13 +331,10 @@ def _paging_from_dict(p: dict[str, Any]) -> Paging:
 
 
 def load_graph_json(path: str | Path, **kw: Any) -> Instance:
+    from costdb.validate import check_graph, read_json
     path = Path(path)
-    try:
-        d = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise CostdbError(f"graph file {path} does not exist") from None
-    except json.JSONDecodeError as e:
-        raise CostdbError(f"graph file {path} is not valid JSON ({e})") from None
+    d = read_json(path, "graph file")   # regular UTF-8 JSON file, bounded size and depth
+    check_graph(d)                      # types and ranges before the solver sees it
     inst = instance_from_dict(d, **kw)
     return replace(inst, meta={**inst.meta, "path": str(path)})
 

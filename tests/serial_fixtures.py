@@ -26,14 +26,19 @@ class _Boards:
     def __init__(self) -> None:
         self.running: dict[str, tuple[QemuBoard, SerialAgent]] = {}
 
-    def agent(self, board: str) -> SerialAgent:
-        if board not in self.running:
-            q = QemuBoard(board)
+    def agent(self, board: str, kernels: str | None = None) -> SerialAgent:
+        """The agent of ``board`` (``kernels="portable"``: a firmware built without the SIMD
+        kernels, KERNELS=portable)."""
+        key = f"{board}:{kernels}" if kernels else board
+        if key not in self.running:
+            from devices.serial.build import build_firmware
+            elf = build_firmware(board, options={"KERNELS": kernels}) if kernels else None
+            q = QemuBoard(board, elf=elf)
             q.start()
             a = open_serial_agent(q.url, board=board, emulated=True, timeout=60)
             a.hello()
-            self.running[board] = (q, a)
-        return self.running[board][1]
+            self.running[key] = (q, a)
+        return self.running[key][1]
 
     def close(self) -> None:
         for q, a in self.running.values():
@@ -57,6 +62,12 @@ def board_agent(request, qemu_boards) -> SerialAgent:
 @pytest.fixture
 def m4f_agent(qemu_boards) -> SerialAgent:
     return qemu_boards.agent("qemu-m4f")
+
+
+@pytest.fixture
+def m4f_portable_agent(qemu_boards) -> SerialAgent:
+    """qemu-m4f running the portable int8 kernels (the numerical reference on the board)."""
+    return qemu_boards.agent("qemu-m4f", kernels="portable")
 
 
 @pytest.fixture

@@ -152,7 +152,8 @@ def test_query_formats_and_read_only(runner, profiled_mlp):
     assert json.loads(r.output)[0]["n"] > 0
     r = runner.invoke(cli, ["query", "DROP TABLE ops", "--db", profiled_mlp])
     assert r.exit_code == 2
-    assert r.output == "Error: query failed: attempt to write a readonly database\n"
+    assert r.output.startswith("Error: query refused: DROP TABLE is not allowed; ")
+    assert r.output.count("\n") == 1
     r = runner.invoke(cli, ["query", "SELECT nope FROM ops", "--db", profiled_mlp])
     assert r.output == "Error: query failed: no such column: nope\n"
 

@@ -136,8 +136,7 @@ def test_accounting_partitions_the_profiled_iteration():
         raw = sum(v[j] for v in res.raw_node_samples.values())
         # every microsecond of the profiled iteration is a node's or reported unattributed
         assert math.isclose(raw + res.unattributed_samples[j], res.wall_samples[j], rel_tol=1e-9)
-        for i, v in res.node_samples.items():
-            assert 0.0 <= v[j] <= res.raw_node_samples[i][j]
+        assert all(v[j] >= 0.0 for v in res.node_samples.values())
     # per-signature figures: mean over occurrences, so figure x occurrences sums to the nodes
     sig = res.signature_figures()
     for j in range(res.iterations):
@@ -147,6 +146,35 @@ def test_accounting_partitions_the_profiled_iteration():
     assert set(res.unattributed_detail) == {"between phases"}
     phases = res.phases()
     assert math.isclose(phases["total"], phases["fwd"] + phases["bwd"] + phases["update"])
+    # the in-situ correction: per phase, the nodes sum to the interleaved plain iterations'
+    # median (events per node are the same every iteration, so medians shift exactly) unless a
+    # node had to be clamped at zero, which can only raise the sum
+    assert res.settings["correction"] == "in_situ"
+    for g, plain in res.settings["plain_phase_s"].items():
+        assert phases[g] >= plain * (1 - 1e-6)
+        if all(min(v) > 0 for v in res.node_samples.values()):
+            assert math.isclose(phases[g], plain, rel_tol=1e-6)
+
+
+def test_calibrated_correction_only_removes_time():
+    tr = model_trainer(MY_MODEL, 2, (3, 8, 8))
+    res = profile_in_context(tr, iterations=3, warmups=1, correction="calibrated")
+    assert res.settings["correction"] == "calibrated" and res.settings["overhead"]["per_event_s"] >= 0
+    for j in range(res.iterations):
+        for i, v in res.node_samples.items():
+            assert 0.0 <= v[j] <= res.raw_node_samples[i][j]
+
+
+def test_samples_are_means_of_blocks_of_iterations():
+    tr = model_trainer(MY_MODEL, 2, (3, 8, 8))
+    res = profile_in_context(tr, iterations=10, warmups=1, block=5)
+    assert res.block == 5
+    for f in res.signature_figures().values():
+        # 10 (or, remeasured, 20) iterations -> 2 (4) samples, each a mean of 5 iterations
+        assert len(f["values"]) == res.iterations // 5
+        nodes = f["nodes"]
+        first = [sum(res.node_samples[i][j] for i in nodes) / len(nodes) for j in range(5)]
+        assert math.isclose(f["values"][0], sum(first) / 5, rel_tol=1e-9)
 
 
 def test_fused_backward_split_follows_the_isolated_ratio():

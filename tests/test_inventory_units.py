@@ -46,7 +46,7 @@ def test_inventory_devices(tmp_path):
     ('[devices.c]\nbased_on = "nrf52840"\n',
      "line 1: device 'c': a serial device needs serial = \"URL\""),
     ('[devices.d]\nbased_on = "rpi4b"\nhost = "h"\nport = "22"\n',
-     "line 1: device 'd': port must be an integer 1-65535, got '22'"),
+     "line 4: device 'd': port must be an integer 1-65535, got '22'"),
 ])
 def test_malformed_inventory_one_line_errors(tmp_path, text, message):
     f = tmp_path / "inv.toml"

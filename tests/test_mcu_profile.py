@@ -38,11 +38,17 @@ def test_profile_tinycnn_on_emulated_board(db_path, board):
         facts = json.loads(db.sessions(board).iloc[0]["environment_json"])["facts"]
         assert facts["board"] and facts["arena_bytes"] > 0 and facts["clock_hz"] > 0
         rows = db.conn.execute("SELECT status, extra_json FROM measurements").fetchall()
+    assert df["status"].eq("ok").all()           # the M0 too: what does not fit runs tiled
+    tiled = [json.loads(x)["tiling"] for s, x in rows if "tiling" in json.loads(x or "{}")]
+    arena = facts["arena_bytes"]
     if board == "qemu-m4f":
-        assert df["status"].eq("ok").all()
-    else:  # 16 KiB of RAM: some ops do not fit, recorded with the bytes they need
-        misfits = [json.loads(x) for s, x in rows if s == "does_not_fit"]
-        assert misfits and all(m["needed_bytes"] > 13 * 1024 for m in misfits)
+        assert not tiled
+    else:  # 16 KiB of RAM: the tiles fit, the untiled op would not
+        assert tiled and all(t["untiled_bytes"] > arena >= t["tile_bytes"] for t in tiled)
+    with costdb.open(db_path) as db:                 # the kernel variant is in the settings
+        variants = {r[0] for r in db.conn.execute(
+            "SELECT s.kernel_variant FROM measurements m JOIN settings s ON s.id = m.settings_id")}
+    assert variants == {"simd" if board == "qemu-m4f" else "portable"}
     # a second run measures nothing
     again = costdb.profile(db_path, device=board, model="tinycnn", settings=FAST)
     assert again.planned == 0

@@ -47,6 +47,7 @@ def test_reading_costs_from_python_imports_no_torch(db):
     ["export", "--format", "csv", "--device", "local", "--model", "mlp"],
     ["solve", "--device", "local", "--model", "mlp", "--time-limit", "30"],
     ["report", "--device", "local", "-o", "r.html"],
+    ["plan-update", "--device", "local", "--model", "mlp", "--memory", "1GiB"],
 ], ids=lambda a: a[0])
 def test_commands_on_a_stored_model_import_no_torch(db, args):
     mods, r = imported(["-m", "costdb.cli", *args, "--db", "x.db"], db.parent)

@@ -210,3 +210,19 @@ def test_needed_bytes_of_tinycnn_conv():
             "params": {"weight": [8, 3, 3, 3], "bias": [8]},
             "attrs": {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1}}
     assert needed_bytes(spec_to_request(spec)) == 3 * 256 * 4 + 216 * 4 + 32 + 8 * 256 * 4
+
+
+def test_qas_multipliers_encode_lr_sg_over_sw_squared():
+    import numpy as np
+
+    from devices.serial.ops import qas_multipliers
+    from devices.serial.reference import requant
+    scales = [0.02, 0.005, 0.11]
+    pairs = qas_multipliers(0.05, 0.004, scales)
+    for (m, s), sw in zip(pairs, scales):
+        real = 0.05 * 0.004 / sw ** 2
+        assert abs(m * 2.0 ** (s - 31) - real) <= real * 2 ** -30
+        g = np.arange(-128, 128)
+        # the int8 step is the real step rounded (TFLite rounds twice: high-mul, then shift)
+        step = requant(g, m, s)
+        assert np.all(np.abs(step - g * real) <= 0.5 + 0.5 * 2.0 ** min(s, 0) + 1e-9)

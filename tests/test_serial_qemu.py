@@ -69,7 +69,10 @@ def test_op_too_big_is_recorded_as_not_fitting(m0_agent):
     assert time.monotonic() - t0 < 5
     assert res["status"] == "does_not_fit"
     assert res["needed_bytes"] == needed_bytes(spec_to_request(spec)) > 13824
-    assert str(res["needed_bytes"]) in res["error"]
+    assert str(res["needed_bytes"]) in res["error"] and "untiled" in res["error"]
+    t = res["tiling"]      # even one output channel needs the whole 64 KiB input
+    assert t["tile"] == 1 and t["untiled_bytes"] == res["needed_bytes"]
+    assert t["tile_bytes"] > 13824 and str(t["tile_bytes"]) in res["error"]
     # absurd shapes (more than 4 GiB) too: no overflow, no crash
     huge = dict(spec, inputs=[[64, 512, 512, 512]])
     assert m0_agent.measure(huge, {})["status"] == "does_not_fit"
@@ -129,6 +132,7 @@ def test_qemu_killed_mid_profile_then_resume_on_a_new_qemu():
         for spec in specs[:5]:
             done[spec["signature"]] = agent.measure(spec, {"samples": 2})
         big.p = [1, 4, 12, 12, 8, 3, 3, 1, 1, 1, 1, 1]        # fits m0, runs for seconds
+        big.warmups = 200                                     # (~0.7 s per 64 runs unloaded)
         threading.Timer(0.5, q.kill).start()
         t0 = time.monotonic()
         with pytest.raises(SerialLinkError) as err:
@@ -148,19 +152,25 @@ def test_qemu_killed_mid_profile_then_resume_on_a_new_qemu():
 
 
 def test_profile_tinycnn_on_both_boards(board_agent):
-    """Every distinct training op of tinycnn gets a row: measured (emulated) or not fitting."""
-    rows = [board_agent.measure(s, {"samples": 3}) for s in model_graph("tinycnn").distinct_specs()]
-    assert all(r["status"] in ("ok", "does_not_fit") for r in rows)
-    ok = [r for r in rows if r["status"] == "ok"]
-    assert len(ok) >= len(rows) // 2
-    for r in ok:
-        assert r["runtime_provenance"] == "emulated" and r["runtime"]["median"] > 0
-        assert r["peak_memory_bytes"] <= board_agent.facts["arena_bytes"]
-    for r in rows:
-        if r["status"] == "does_not_fit":
-            assert r["needed_bytes"] > board_agent.facts["arena_bytes"]
-    if board_agent.board == "qemu-m4f":
-        assert len(ok) == len(rows)
+    """Every distinct training op of tinycnn runs, on the 13 KiB M0 too: the ops that do not
+    fit its arena run tiled, and say so."""
+    arena = board_agent.facts["arena_bytes"]
+    for dtype in ("float32", "int8"):
+        specs = [dict(s, dtype=dtype) for s in model_graph("tinycnn").distinct_specs()]
+        rows = [board_agent.measure(s, {"samples": 3}) for s in specs]
+        assert [r["status"] for r in rows] == ["ok"] * len(rows), rows
+        for r in rows:
+            assert r["runtime_provenance"] == "emulated" and r["runtime"]["median"] > 0
+            assert r["peak_memory_bytes"] <= arena
+        tiled = [r for r in rows if "tiling" in r]
+        for r in tiled:
+            t = r["tiling"]
+            assert r["needed_bytes"] == t["untiled_bytes"] > arena >= t["tile_bytes"]
+            assert t["tiles"] >= 2 and r["peak_memory_bytes"] <= t["tile_bytes"]
+        if board_agent.board == "qemu-m4f" or dtype == "int8":
+            assert not tiled
+        else:
+            assert len(tiled) >= 3
 
 
 def test_unknown_port_fails_with_one_line():

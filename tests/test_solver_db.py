@@ -96,7 +96,7 @@ def test_cli_solve_graph_json_with_each_mode_and_solver(runner, db_path, tmp_pat
     g.write_text(inst.to_json())
     budget = min_budget_bound(inst) + 4
     for mode, solver in (("integrated", "cbc"), ("remat", "highs"), ("paging", "highs")):
-        res = runner.invoke(cli, ["solve", "--db", db_path, "--graph", str(g), "--memory", str(budget),
+        res = runner.invoke(cli, ["solve", "--db", db_path, "--graph", str(g), "--memory", f"{budget}B",
                                   "--mode", mode, "--solver", solver, "--compat" if mode == "remat" else "--gap",
                                   *([] if mode == "remat" else ["0"])])
         assert res.exit_code in (0, 2), res.output

@@ -12,11 +12,14 @@ loads click and nothing heavy (no pandas, torch, solver or rich).
     history.py   costdb sessions | settings
     fleet.py     costdb compare | merge
     report.py    costdb report
+    plan.py      costdb plan-update (solver/sparse_update.py)
     board.py     costdb board build | start | stop | status (emulated SSH boards)
     (solver/cli_commands.py: costdb solve | pareto)
 """
 from __future__ import annotations
 
+import os
+import sqlite3
 from typing import Any
 
 import click
@@ -36,6 +39,24 @@ class CostdbGroup(click.Group):
         except CostdbError as e:
             click.echo(f"Error: {e}", err=True)
             ctx.exit(e.exit_code)
+        except sqlite3.Error as e:   # full disk, damaged file, lock held too long: one line
+            from costdb.database import explain_sqlite_error
+            err = explain_sqlite_error(e)
+            click.echo(f"Error: {err}", err=True)
+            ctx.exit(err.exit_code)
+        except MemoryError:
+            click.echo("Error: out of memory; give smaller inputs (--batch, --input) or free "
+                       "memory", err=True)
+            ctx.exit(2)
+        except (click.exceptions.Exit, click.ClickException, click.Abort):
+            raise
+        except Exception as e:  # a bug: one line (exit 1); COSTDB_DEBUG=1 shows the traceback
+            if os.environ.get("COSTDB_DEBUG"):
+                raise
+            msg = " ".join(str(e).split())[:300]
+            click.echo(f"Error: internal error (a bug in costdb): {type(e).__name__}: {msg}; "
+                       "rerun with COSTDB_DEBUG=1 for the traceback and report it", err=True)
+            ctx.exit(1)
         except KeyboardInterrupt:
             click.echo("Interrupted: measurements taken so far are saved; run the same command "
                        "again to resume.", err=True)
@@ -57,9 +78,9 @@ def cli() -> None:
 
 
 def _register() -> None:
-    from costdb.cli import board, catalog, fleet, history, profile, read, report
+    from costdb.cli import board, catalog, fleet, history, plan, profile, read, report
     from solver.cli_commands import pareto, solve
-    for mod in (profile, read, catalog, history, report, fleet, board):
+    for mod in (profile, read, catalog, history, report, fleet, plan, board):
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
     cli.add_command(solve, "solve")

@@ -7,6 +7,7 @@ from typing import Any
 
 import click
 
+from costdb.clitypes import BoundedInt, OutputFile
 from costdb.errors import CostdbError
 
 DEFAULT_DB = "costs.db"
@@ -18,7 +19,7 @@ settings_option = click.option(
     "--settings", default=None, metavar="latest|ID",
     help="Measurements of this settings fingerprint (an id or fingerprint from 'costdb settings', "
          "or latest); needed when the model was profiled under several settings.")
-session_option = click.option("--session", type=int, default=None,
+session_option = click.option("--session", type=BoundedInt(min=1), default=None,
                               help="Only the measurements of this session (see 'costdb sessions').")
 kind_option = click.option("--kind", type=click.Choice(["isolated", "in_context"]),
                            default="isolated", show_default=True,
@@ -30,6 +31,13 @@ estimate_option = click.option(
     help="Which estimate: auto = in_context where the model has in-context costs on the device, "
          "else isolated; in_context: attributed from traced real training iterations; isolated: "
          "each op alone in a calibrated loop (docs/usage.md, 'Which estimate').")
+#: ``-o FILE``: the directory must exist before any work (costdb.clitypes.OutputFile); the file
+#: is written atomically, or through a device node, FIFO or symlink (costdb.files.write_output)
+def output_option(default: str | None = None, help: str = "Output file.") -> Any:  # noqa: A002
+    return click.option("-o", "--output", default=default, show_default=default is not None,
+                        type=OutputFile(), help=help)
+
+
 inventory_option = click.option("--inventory", type=click.Path(dir_okay=False), default=None,
                                 help="Inventory TOML (default: $COSTDB_INVENTORY or "
                                      "~/.config/costdb/inventory.toml).")

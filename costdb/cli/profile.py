@@ -9,7 +9,8 @@ import click
 from costdb.cli.common import console, db_option, escape, inventory_option
 from costdb.cli.read import print_costs
 from costdb.errors import CostdbError
-from costdb.units import fmt_seconds, parse_shape
+from costdb.clitypes import BoundedInt, FiniteFloat
+from costdb.units import MAX_ELEMENTS, fmt_seconds, parse_shape
 
 
 def _parse_cpus(text: str | None) -> list[int] | None:
@@ -109,7 +110,7 @@ def print_iteration_check(db_path: str, device: str, model_key: str, con: Any) -
               help="Device to profile (repeatable).")
 @click.option("--model", default="resnet18", show_default=True,
               help="Zoo model name (see 'costdb models') or path/to/file.py:factory.")
-@click.option("--batch", type=click.IntRange(min=1), default=None, help="Batch size (default: the model's).")
+@click.option("--batch", type=BoundedInt(min=1, max=MAX_ELEMENTS), default=None, help="Batch size (default: the model's).")
 @click.option("--input", "input_shape", default=None, metavar="CxHxW",
               help="Input shape without batch, e.g. 3x32x32 (default: the model's).")
 @click.option("--dtype", default="float32", show_default=True, help="Tensor dtype of the graph.")
@@ -117,10 +118,10 @@ def print_iteration_check(db_path: str, device: str, model_key: str, con: Any) -
 @inventory_option
 @click.option("--force", is_flag=True, help="Measure again even ops already measured on the device.")
 @click.option("--cpus", default=None, help="Pin the local agent to these CPUs, e.g. 0 or 0-1.")
-@click.option("--threads", type=click.IntRange(min=1), default=None, help="Torch intra-op threads.")
-@click.option("--samples", type=click.IntRange(min=3), default=15, show_default=True,
+@click.option("--threads", type=BoundedInt(min=1, max=4096), default=None, help="Torch intra-op threads.")
+@click.option("--samples", type=BoundedInt(min=3, max=100_000), default=15, show_default=True,
               help="Timing samples per op.")
-@click.option("--min-sample-time", type=click.FloatRange(min=1e-4), default=0.01, show_default=True,
+@click.option("--min-sample-time", type=FiniteFloat(min=1e-4, max=60.0), default=0.01, show_default=True,
               help="Seconds one sample lasts at least (inner loop is calibrated to it).")
 @click.option("--cache", type=click.Choice(["warm", "cold"]), default="warm", show_default=True,
               help="warm: classic hot inner loop; cold: evict the CPU caches before every timed "
@@ -130,12 +131,12 @@ def print_iteration_check(db_path: str, device: str, model_key: str, con: Any) -
               help="Also run real training iterations under torch.profiler and store each op's "
                    "in-context cost, the default estimate (docs/usage.md). Default: where "
                    "possible (the local device); --in-context warns where it is not.")
-@click.option("--iterations", "in_context_iterations", type=click.IntRange(min=3), default=15,
+@click.option("--iterations", "in_context_iterations", type=BoundedInt(min=3, max=100_000), default=40,
               show_default=True, help="Profiled training iterations of the in-context step.")
 @click.option("--iteration/--no-iteration", default=True, show_default=True,
               help="Also time whole training iterations, independently, to check the cost model "
                    "(local device).")
-@click.option("--top", type=click.IntRange(min=0), default=30, show_default=True,
+@click.option("--top", type=BoundedInt(min=0), default=30, show_default=True,
               help="Rows of the cost table to print (0 = all).")
 @click.option("-q", "--quiet", is_flag=True, help="No progress bar.")
 @click.option("--all", "all_devices", is_flag=True,
@@ -155,6 +156,14 @@ def profile(devices: tuple[str, ...], model: str, batch: int | None, input_shape
     """
     from profiler.session import profile as run_profile
     shape = parse_shape(input_shape) if input_shape else None
+    if batch is not None or shape is not None:   # refuse what cannot be allocated, up front
+        from costdb.validate import check_input_size
+        from profiler.zoo import MODELS
+        zm = MODELS.get(model)
+        full = shape or (tuple(zm.default_input) if zm else None)
+        if full is not None:
+            check_input_size(batch or (zm.default_batch if zm else 1), full,
+                             {"float64": 8, "float16": 2, "bfloat16": 2}.get(dtype, 4))
     cpu_list = _parse_cpus(cpus)
     out = console()
     err = console(err=True)

@@ -6,7 +6,8 @@ from typing import Any
 import click
 
 from costdb.cli.common import (console, db_option, emit_frame, escape, estimate_option,
-                               session_option, settings_option, table)
+                               output_option, session_option, settings_option, table)
+from costdb.clitypes import BoundedInt
 from costdb.errors import CostdbError
 from costdb.units import fmt_bytes, fmt_joules, fmt_seconds, parse_shape
 
@@ -102,13 +103,13 @@ def print_costs(db_path: str, device: str, model_key: str, top: int | None, con:
 @click.command()
 @click.option("--device", default="local", show_default=True)
 @click.option("--model", required=True, help="Model name or key as stored (see 'costdb models --db').")
-@click.option("--batch", type=int, default=None)
+@click.option("--batch", type=BoundedInt(min=1), default=None)
 @click.option("--input", "input_shape", default=None, metavar="CxHxW")
 @db_option
 @settings_option
 @session_option
 @estimate_option
-@click.option("--top", type=click.IntRange(min=0), default=30, show_default=True)
+@click.option("--top", type=BoundedInt(min=0), default=30, show_default=True)
 def costs(device: str, model: str, batch: int | None, input_shape: str | None, db_path: str,
           settings: str | None, session: int | None, kind: str, top: int) -> None:
     """Print the cost table of a profiled model on a device.
@@ -140,8 +141,8 @@ def query(sql: str, db_path: str, fmt: str) -> None:
 @click.option("--format", "fmt", type=click.Choice(["csv", "json", "parquet"]), required=True)
 @click.option("--device", default=None, help="Only this device.")
 @click.option("--model", default=None, help="Per-node costs of this model (else: per distinct op).")
-@click.option("-o", "--output", default=None, type=click.Path(dir_okay=False),
-              help="Output file (default: stdout for csv/json).")
+@output_option(help="Output file (default: stdout for csv/json); a device, FIFO or symlink is "
+                    "written through.")
 @settings_option
 @session_option
 @estimate_option

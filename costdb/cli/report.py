@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import click
 
-from costdb.cli.common import db_option, estimate_option, settings_option
+from costdb.cli.common import db_option, estimate_option, output_option, settings_option
 
 
 @click.command()
@@ -13,8 +13,8 @@ from costdb.cli.common import db_option, estimate_option, settings_option
 @click.option("--all", "all_devices", is_flag=True, help="Every device in the database, with a "
                                                          "fleet comparison.")
 @db_option
-@click.option("-o", "--output", default="report.html", show_default=True,
-              type=click.Path(dir_okay=False), help="HTML file to write.")
+@output_option("report.html", help="HTML file to write (a device, FIFO or symlink is written "
+                              "through).")
 @settings_option
 @estimate_option
 def report(devices: tuple[str, ...], model: str | None, all_devices: bool, db_path: str,

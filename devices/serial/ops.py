@@ -1,9 +1,10 @@
 """Op specs (profiler/graph.py ``Node.spec()``) -> firmware kernel requests.
 
-The firmware keeps torch's NCHW layout and weight shapes, so a spec maps onto a kernel id and
-up to 12 integers. ``buffer_plan`` mirrors the firmware's ``plan()``: the buffers a kernel needs,
-in the order they are filled from the seeded PRNG, so the host knows an op's arena bytes and
-the tests can rebuild its inputs.
+A spec maps onto a kernel id and up to 12 integers (torch's shapes; the firmware's float32
+kernels keep torch's NCHW layout, its int8 kernels use NHWC / OHWI, docs/firmware.md).
+``buffer_plan`` mirrors the firmware's ``plan()``: the buffers a kernel needs, in the order they
+are filled from the seeded PRNG, so the host knows an op's arena bytes and the tests can rebuild
+its inputs; ``scratch_bytes`` mirrors ``simd_plan()``, the arena scratch of the SIMD kernels.
 """
 from __future__ import annotations
 
@@ -36,6 +37,18 @@ def quantize_multiplier(real: float) -> tuple[int, int]:
         q //= 2
         e += 1
     return int(q), int(e)
+
+
+def qas_multipliers(lr: float, grad_scale: float,
+                    weight_scales: list[float]) -> list[tuple[int, int]]:
+    """Per-channel (mult, shift) of the int8 SGD kernel under quantisation-aware scaling (QAS,
+    Lin et al. 2022): an int8 weight w = W / s_W[c] with int8 gradient g of scale s_g moves by
+    lr * s_g / s_W[c]^2 * g, which keeps the update of the real weight W the float SGD step
+    lr * dL/dW whatever the channel's scale. (The measurement runs draw these pairs from the
+    seeded stream instead; the kernel's cost does not depend on their values.)"""
+    if lr <= 0 or grad_scale <= 0 or any(s <= 0 for s in weight_scales):
+        raise ValueError("learning rate and scales must be positive")
+    return [quantize_multiplier(lr * grad_scale / (s * s)) for s in weight_scales]
 
 
 def default_requant(reduction: int) -> tuple[int, int]:
@@ -129,8 +142,10 @@ def spec_to_request(spec: dict[str, Any], settings: dict[str, Any] | None = None
             if mom:
                 raise UnsupportedOp("int8 sgd with momentum")
             qm, qs = rq if rq else quantize_multiplier(lr)
-            return RunRequest(kernel=K["sgd"], p=[numel], qmult=qm, qshift=qs, f=(lr, 0.0),
-                              **common)
+            shape = list(params["param"])
+            channels = int(shape[0]) if len(shape) > 1 else 1   # per output channel (QAS)
+            return RunRequest(kernel=K["sgd"], p=[numel, channels], qmult=qm, qshift=qs,
+                              f=(lr, 0.0), **common)
         return req("sgd", [numel], f=(lr, mom))
     raise UnsupportedOp(f"the firmware has no kernel for {op} ({phase})")
 
@@ -186,11 +201,71 @@ def buffer_plan(r: RunRequest) -> tuple[list[tuple[int, str, str]], list[tuple[i
         else:
             outs = [(n * k, t)]
     elif name == "sgd":
-        ins = [(p[0], t, "T"), (p[0], t, "T")] + ([(p[0], t, "T")] if r.f[1] else [])
+        ins = [(p[0], t, "T"), (p[0], t, "T")]
+        if s8:
+            ins.append((2 * max(1, p[1]), "int32", "Q"))   # per-channel (mult, shift)
+        elif r.f[1]:
+            ins.append((p[0], t, "T"))
     return ins, outs
 
 
-def needed_bytes(r: RunRequest) -> int:
-    """Arena bytes the firmware allocates for this request (8-byte aligned buffers)."""
+VARIANTS = ("simd", "portable")
+INT32_MIN = -(1 << 31)
+
+
+def _align8(v: int) -> int:
+    return (v + 7) // 8 * 8
+
+
+def _gemm_scratch(rows_bytes: int, k: int) -> int:
+    return (_align8(rows_bytes + 4) if rows_bytes else 0) + 20 * ((k + 3) // 4)
+
+
+def is_depthwise(p: list[int]) -> bool:
+    """groups == C == OC > 1: the int8 kernels' depthwise case (weights [KH][KW][OC])."""
+    return p[11] > 1 and p[11] == p[1] and p[4] == p[1]
+
+
+def simd_plan(r: RunRequest) -> int | None:
+    """Scratch bytes of the SIMD int8 kernel for ``r`` (firmware ``simd_plan``), or None when
+    the portable kernel runs (not int8, not a conv/linear kernel, a shape or requantisation
+    the SIMD kernels do not cover)."""
+    if r.dtype != "int8" or not (r.qmult == 0 or r.qmult >= 1 << 30) or not -21 <= r.qshift <= 30:
+        return None     # the SIMD kernels' requantisation holds for these (kernels_simd.c)
+    p, name = list(r.p) + [0] * 12, KNAME[r.kernel]
+    if name.startswith("conv"):
+        n, c, h, w, oc, kh, kw, sh, sw, ph, pw, g = p[:12]
+        oh, ow = (h + 2 * ph - kh) // sh + 1, (w + 2 * pw - kw) // sw + 1
+        if is_depthwise(p):    # forward: the weights packed in tap pairs
+            if kh * kw > 64:
+                return None
+            return 24 * (c // 4) * ((kh * kw + 1) // 2) if name == "conv_fwd" else 0
+        if g != 1:
+            return None
+        if name == "conv_fwd":
+            return _gemm_scratch(0, kh * kw * c)
+        if name == "conv_bwd_data":
+            return _gemm_scratch(c * kh * kw * oc, kh * kw * oc)
+        return _gemm_scratch(oc * n * oh * ow, n * oh * ow)
+    if name.startswith("linear"):
+        n, fin, fout = p[:3]
+        return {"linear_fwd": _gemm_scratch(0, fin),
+                "linear_bwd_data": _gemm_scratch(fin * fout, fout),
+                "linear_bwd_weight": 0 if n == 1 else _gemm_scratch(fout * n, n)}[name]
+    return None
+
+
+def scratch_bytes(r: RunRequest, variant: str | None = "simd") -> int:
+    """Arena scratch the firmware allocates after the buffers (0 for the portable kernels)."""
+    if variant != "simd":
+        return 0
+    s = simd_plan(r)
+    return 0 if s is None else _align8(s)
+
+
+def needed_bytes(r: RunRequest, variant: str | None = None) -> int:
+    """Arena bytes the firmware allocates for this request: 8-byte aligned buffers, plus the
+    SIMD kernels' scratch when ``variant`` is ``simd`` (the board's ``kernels`` fact)."""
     ins, outs = buffer_plan(r)
-    return sum((cnt * np.dtype(dt).itemsize + 7) // 8 * 8 for cnt, dt, *_ in ins + outs)
+    return sum(_align8(cnt * np.dtype(dt).itemsize) for cnt, dt, *_ in ins + outs) + \
+        scratch_bytes(r, variant)

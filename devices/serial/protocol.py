@@ -20,7 +20,7 @@ import zlib
 from dataclasses import dataclass, field
 from typing import Union
 
-PROTOCOL_VERSION = 1
+PROTOCOL_VERSION = 2         # 2: int8 NHWC layouts, SIMD scratch, per-channel int8 SGD (fw 0.3)
 MAGIC = b"\xa5\x5a"
 HEADER = 7
 MAX_REPLY = 320             # largest board -> host payload (firmware MAX_REPLY; RESULT <= 280)

@@ -4,6 +4,8 @@ The firmware fills a request's input buffers from xorshift32 seeded with the req
 ``ops.buffer_plan`` order; ``make_inputs`` replays that stream, ``reference`` computes the
 expected outputs. int8 results are defined bit-exactly (int32 accumulation, TFLite
 requantisation, halves-away-from-zero division); float32 is compared with a tolerance.
+Layouts as the firmware's (docs/firmware.md): float32 NCHW / OIHW; int8 NHWC, OHWI weights and
+[KH][KW][OC] depthwise weights. The reference computes in NCHW and converts at the edges.
 """
 from __future__ import annotations
 
@@ -39,6 +41,9 @@ def make_inputs(r: RunRequest) -> list[np.ndarray]:
             vals[i] = x
         if kind == "L":
             out.append((vals % classes).astype(np.int32))
+        elif kind == "Q":   # per-channel (mult, shift): mult in [2^30, 2^31), shift - 0..3
+            q = np.where(np.arange(count) % 2 == 0, (1 << 30) | (vals >> 2), r.qshift - (vals & 3))
+            out.append(q.astype(np.int32))
         elif dt == "int8":
             out.append(((vals >> 24) - ((vals >> 31) << 8)).astype(np.int8))
         elif dt == "int32":
@@ -135,6 +140,33 @@ def _pool_windows(p):
     return n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow
 
 
+def _nchw(a: np.ndarray, n: int, c: int, h: int, w: int, nhwc: bool) -> np.ndarray:
+    return a.reshape(n, h, w, c).transpose(0, 3, 1, 2) if nhwc else a.reshape(n, c, h, w)
+
+
+def _flat(a: np.ndarray, nhwc: bool) -> np.ndarray:
+    """NCHW result -> the firmware's flat layout."""
+    return (a.transpose(0, 2, 3, 1) if nhwc else a).ravel()
+
+
+def _oihw(wt: np.ndarray, p: list[int], s8: bool) -> np.ndarray:
+    n, c, h, w, oc, kh, kw, sh, sw, ph, pw, g = p[:12]
+    if not s8:
+        return wt.reshape(oc, c // g, kh, kw)
+    if g > 1 and g == c and oc == c:                  # depthwise [KH][KW][OC]
+        return wt.reshape(kh, kw, oc).transpose(2, 0, 1)[:, None]
+    return wt.reshape(oc, kh, kw, c // g).transpose(0, 3, 1, 2)
+
+
+def _weight_flat(dw: np.ndarray, p: list[int], s8: bool) -> np.ndarray:
+    n, c, h, w, oc, kh, kw, sh, sw, ph, pw, g = p[:12]
+    if not s8:
+        return dw.ravel()
+    if g > 1 and g == c and oc == c:
+        return dw[:, 0].transpose(1, 2, 0).ravel()
+    return dw.transpose(0, 2, 3, 1).ravel()
+
+
 def reference(r: RunRequest, inputs: list[np.ndarray]) -> list[np.ndarray]:
     """Expected outputs (flat) of one run; SGD returns its updated parameter."""
     name, p, s8 = KNAME[r.kernel], list(r.p) + [0] * 12, r.dtype == "int8"
@@ -150,16 +182,17 @@ def reference(r: RunRequest, inputs: list[np.ndarray]) -> list[np.ndarray]:
 
     if name.startswith("conv"):
         n, c, h, w, oc, kh, kw, sh, sw, ph, pw, g, oh, ow = _conv_geometry(p)
-        xs, ys, ws = (n, c, h, w), (n, oc, oh, ow), (oc, c // g, kh, kw)
         if name == "conv_fwd":
-            y = _conv_acc(ins[0].reshape(xs), ins[1].reshape(ws), p)
+            y = _conv_acc(_nchw(ins[0], n, c, h, w, s8), _oihw(ins[1], p, s8), p)
             if r.bias:
                 y = y + ins[2].reshape(1, oc, 1, 1)
-            return [store(y).ravel()]
+            return [_flat(store(y), s8)]
         if name == "conv_bwd_data":
-            return [store(_conv_bwd_data_acc(ins[0].reshape(ys), ins[1].reshape(ws), p)).ravel()]
-        dy = ins[1].reshape(ys)
-        outs = [store(_conv_bwd_weight_acc(ins[0].reshape(xs), dy, p)).ravel()]
+            dx = _conv_bwd_data_acc(_nchw(ins[0], n, oc, oh, ow, s8), _oihw(ins[1], p, s8), p)
+            return [_flat(store(dx), s8)]
+        dy = _nchw(ins[1], n, oc, oh, ow, s8)
+        dw = _conv_bwd_weight_acc(_nchw(ins[0], n, c, h, w, s8), dy, p)
+        outs = [_weight_flat(store(dw), p, s8)]
         if r.bias:
             outs.append(bias_out(dy.sum(axis=(0, 2, 3))))
         return outs
@@ -192,55 +225,72 @@ def reference(r: RunRequest, inputs: list[np.ndarray]) -> list[np.ndarray]:
         return [sat8(s) if s8 else s.astype(np.float32)]
     if "pool" in name:
         n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow = _pool_windows(p)
-        x = ins[0].reshape(n * c, h, w) if name != "avgpool_bwd" else None
-        if name == "maxpool_fwd":
-            y = np.full((n * c, oh, ow), -np.inf)
-            for ky in range(kh):
-                for kx in range(kw):
-                    for oy in range(oh):
+        (out,) = _pool_reference(name, ins, p, s8, acc_t, t)
+        hh, ww = (h, w) if name.endswith("bwd") else (oh, ow)
+        return [_flat(out.reshape(n, c, hh, ww), s8)]
+    return _ce_sgd_reference(r, name, p, s8, ins, inputs)
+
+
+def _pool_reference(name, ins, p, s8, acc_t, t):
+    """Pool kernels in NCHW (planes of n*c), inputs converted from the firmware's layout."""
+    n, c, h, w, kh, kw, sh, sw, ph, pw, oh, ow = _pool_windows(p)
+    if name != "avgpool_bwd":
+        ins = [_nchw(ins[0], n, c, h, w, s8)] + \
+              ([_nchw(ins[1], n, c, oh, ow, s8)] if name == "maxpool_bwd" else [])
+    else:
+        ins = [_nchw(ins[0], n, c, oh, ow, s8)]
+    x = ins[0].reshape(n * c, h, w) if name != "avgpool_bwd" else None
+    if name == "maxpool_fwd":
+        y = np.full((n * c, oh, ow), -np.inf)
+        for ky in range(kh):
+            for kx in range(kw):
+                for oy in range(oh):
+                    iy = oy * sh - ph + ky
+                    if not 0 <= iy < h:
+                        continue
+                    for ox in range(ow):
+                        ix = ox * sw - pw + kx
+                        if 0 <= ix < w:
+                            y[:, oy, ox] = np.maximum(y[:, oy, ox], x[:, iy, ix])
+        return [y.astype(t).ravel()]
+    if name == "avgpool_fwd":
+        xp = np.zeros((n * c, h + 2 * ph, w + 2 * pw), acc_t)
+        xp[:, ph:ph + h, pw:pw + w] = x
+        s = sum(xp[:, ky:ky + sh * (oh - 1) + 1:sh, kx:kx + sw * (ow - 1) + 1:sw]
+                for ky in range(kh) for kx in range(kw))
+        y = sat8(round_div(s, kh * kw)) if s8 else (s / (kh * kw)).astype(np.float32)
+        return [y.ravel()]
+    if name == "maxpool_bwd":
+        dy = ins[1].reshape(n * c, oh, ow)
+        dx = np.zeros((n * c, h * w), acc_t)
+        for nc in range(n * c):
+            for oy in range(oh):
+                for ox in range(ow):
+                    best = -1
+                    for ky in range(kh):
                         iy = oy * sh - ph + ky
                         if not 0 <= iy < h:
                             continue
-                        for ox in range(ow):
+                        for kx in range(kw):
                             ix = ox * sw - pw + kx
-                            if 0 <= ix < w:
-                                y[:, oy, ox] = np.maximum(y[:, oy, ox], x[:, iy, ix])
-            return [y.astype(t).ravel()]
-        if name == "avgpool_fwd":
-            xp = np.zeros((n * c, h + 2 * ph, w + 2 * pw), acc_t)
-            xp[:, ph:ph + h, pw:pw + w] = x
-            s = sum(xp[:, ky:ky + sh * (oh - 1) + 1:sh, kx:kx + sw * (ow - 1) + 1:sw]
-                    for ky in range(kh) for kx in range(kw))
-            y = sat8(round_div(s, kh * kw)) if s8 else (s / (kh * kw)).astype(np.float32)
-            return [y.ravel()]
-        if name == "maxpool_bwd":
-            dy = ins[1].reshape(n * c, oh, ow)
-            dx = np.zeros((n * c, h * w), acc_t)
-            for nc in range(n * c):
-                for oy in range(oh):
-                    for ox in range(ow):
-                        best = -1
-                        for ky in range(kh):
-                            iy = oy * sh - ph + ky
-                            if not 0 <= iy < h:
-                                continue
-                            for kx in range(kw):
-                                ix = ox * sw - pw + kx
-                                if 0 <= ix < w and (best < 0 or x[nc, iy, ix] > x.flat[nc * h * w + best]):
-                                    best = iy * w + ix
-                        if best >= 0:
-                            v = dx[nc, best] + dy[nc, oy, ox]
-                            dx[nc, best] = np.clip(v, -128, 127) if s8 else v
-            return [dx.astype(t).ravel()]
-        # avgpool_bwd: gather of the windows that cover each input position
-        dy = ins[0].reshape(n * c, oh, ow)
-        dxp = np.zeros((n * c, h + 2 * ph + sh * oh + kh, w + 2 * pw + sw * ow + kw), acc_t)
-        for ky in range(kh):
-            for kx in range(kw):
-                dxp[:, ky:ky + sh * (oh - 1) + 1:sh, kx:kx + sw * (ow - 1) + 1:sw] += dy
-        s = dxp[:, ph:ph + h, pw:pw + w]
-        y = sat8(round_div(s, kh * kw)) if s8 else (s / (kh * kw)).astype(np.float32)
-        return [y.ravel()]
+                            if 0 <= ix < w and (best < 0 or x[nc, iy, ix] > x.flat[nc * h * w + best]):
+                                best = iy * w + ix
+                    if best >= 0:
+                        v = dx[nc, best] + dy[nc, oy, ox]
+                        dx[nc, best] = np.clip(v, -128, 127) if s8 else v
+        return [dx.astype(t).ravel()]
+    # avgpool_bwd: gather of the windows that cover each input position
+    dy = ins[0].reshape(n * c, oh, ow)
+    dxp = np.zeros((n * c, h + 2 * ph + sh * oh + kh, w + 2 * pw + sw * ow + kw), acc_t)
+    for ky in range(kh):
+        for kx in range(kw):
+            dxp[:, ky:ky + sh * (oh - 1) + 1:sh, kx:kx + sw * (ow - 1) + 1:sw] += dy
+    s = dxp[:, ph:ph + h, pw:pw + w]
+    y = sat8(round_div(s, kh * kw)) if s8 else (s / (kh * kw)).astype(np.float32)
+    return [y.ravel()]
+
+
+def _ce_sgd_reference(r, name, p, s8, ins, inputs):
     if name in ("ce_fwd", "ce_bwd"):
         n, k = p[:2]
         labels = inputs[1].astype(np.int64)
@@ -263,8 +313,13 @@ def reference(r: RunRequest, inputs: list[np.ndarray]) -> list[np.ndarray]:
         prob[np.arange(n), labels] -= 1.0
         return [(prob / n).astype(np.float32).ravel()]
     if name == "sgd":
-        if s8:
-            return [sat8(ins[0] - requant(ins[1], r.qmult, r.qshift))]
+        if s8:   # per-channel QAS multipliers, channel-major parameter
+            ch = max(1, p[1])
+            per = p[0] // ch
+            q = inputs[2].astype(np.int64)
+            g = ins[1].reshape(ch, per)
+            upd = np.stack([requant(g[i], int(q[2 * i]), int(q[2 * i + 1])) for i in range(ch)])
+            return [sat8(ins[0] - upd.ravel())]
         lr, mom = r.f
         g = ins[1]
         if mom:

@@ -48,8 +48,9 @@ from devices.agent.stats import summarize
 from devices.serial import protocol as P
 from devices.serial.boards import BOARDS
 from devices.serial.ops import KNAME, UnsupportedOp, buffer_plan, spec_to_request
+from devices.serial.tiling import plan_tiling
 
-HOST_VERSION = "0.2.0"
+HOST_VERSION = "0.3.0"
 BITS_PER_BYTE = 10          # 8N1: start bit, 8 data bits, stop bit
 LATENCY_S = 2.0             # host scheduling, USB polling, QEMU being descheduled
 CONTROL_COMPUTE_S = 5.0     # HELLO / PING: the board answers at once
@@ -349,7 +350,8 @@ class SerialAgent:
             raise SerialLinkError(f"the board on this port is {facts.get('board')!r} "
                                   f"({name}), expected {self.board!r}")
         facts.update(firmware_version=facts.get("fw"), protocol=facts.get("proto"),
-                     emulated=self.emulated, link_baud=self.timing.baud)
+                     kernel_variant=facts.get("kernels"), emulated=self.emulated,
+                     link_baud=self.timing.baud)
         if self.emulated:
             facts["icount_shift"] = self.icount_shift
             facts["timing"] = "QEMU -icount instruction counts (emulated, CPI=1)"
@@ -435,26 +437,55 @@ class SerialAgent:
         except (KeyError, ValueError, TypeError, IndexError) as e:
             result.update(status="error", error=f"malformed spec: {type(e).__name__}: {e}")
             return result
-        res, _ = self.run(req, timeout=settings.get("timeout"))
-        result["needed_bytes"] = res["needed_bytes"]
-        if res["status"] != "ok":
-            msg = res["message"] or res["status"]
-            if res["status"] == "does_not_fit":
-                arena = (self.facts or {}).get("arena_bytes")
-                msg = f"needs {res['needed_bytes']} bytes, arena has {arena}"
-            result.update(status=res["status"], error=msg)
+        if self.facts is None:
+            self.hello()
+        arena = self.facts.get("arena_bytes")
+        tiling = plan_tiling(req, int(arena), self.kernel_variant) \
+            if arena and settings.get("tiling", True) else None
+        if tiling is not None and not tiling.fits:
+            result.update(status="does_not_fit", needed_bytes=tiling.untiled_bytes,
+                          tiling=tiling.record(),
+                          error=f"needs {tiling.untiled_bytes} bytes untiled, arena has {arena};"
+                                f" the smallest tile ({tiling.axis} = 1) still needs "
+                                f"{tiling.tile_bytes}")
             return result
-        cycles = [self.ticks_to_cycles(t) for t in res["ticks"]]
+        if tiling is None:
+            res, _ = self.run(req, timeout=settings.get("timeout"))
+            runs = [(res, 1)]
+        else:
+            runs = [(self.run(r, timeout=settings.get("timeout"))[0], n)
+                    for r, n in tiling.requests(req)]
+        result["needed_bytes"] = tiling.untiled_bytes if tiling else runs[0][0]["needed_bytes"]
+        for res, _n in runs:
+            if res["status"] != "ok":
+                msg = res["message"] or res["status"]
+                if res["status"] == "does_not_fit":
+                    msg = f"needs {res['needed_bytes']} bytes, arena has {arena}"
+                result.update(status=res["status"], error=msg)
+                return result
+        # a tiled op: every sample is the sum over its tiles (tile runs x their count)
+        ticks = [sum(n * res["ticks"][i] for res, n in runs) for i in range(len(runs[0][0]["ticks"]))]
+        cycles = [self.ticks_to_cycles(t) for t in ticks]
         clock = float((self.facts or {}).get("clock_hz") or 1)
         values = [c / clock for c in cycles]
         runtime = summarize(values)
         result.update(runtime=runtime, cycles=summarize(cycles), inner_loops=1, remeasured=False,
                       raw={"values": values, "inner_loops": 1},
                       unstable=runtime["cv"] > float(settings.get("cv_threshold", 0.10)),
-                      peak_memory_bytes=res["peak_bytes"], output_bytes=res["output_bytes"],
-                      stack_bytes=res["stack_bytes"], output_crc=res["output_crc"],
-                      kernel_dtype=req.dtype, timer=(self.facts or {}).get("timer"))
+                      peak_memory_bytes=max(res["peak_bytes"] for res, _n in runs),
+                      output_bytes=sum(n * res["output_bytes"] for res, n in runs),
+                      stack_bytes=max(res["stack_bytes"] for res, _n in runs),
+                      output_crc=runs[0][0]["output_crc"] if tiling is None else None,
+                      kernel_dtype=req.dtype, kernel_variant=self.kernel_variant,
+                      timer=(self.facts or {}).get("timer"))
+        if tiling is not None:
+            result["tiling"] = tiling.record()
         return result
+
+    @property
+    def kernel_variant(self) -> str | None:
+        """``simd`` or ``portable``: the int8 kernels the firmware runs (HELLO ``kernels``)."""
+        return (self.facts or {}).get("kernel_variant")
 
     def ping(self, payload: bytes = b"") -> float:
         """One request/reply round trip in seconds (protocol overhead)."""

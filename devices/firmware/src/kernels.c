@@ -13,7 +13,11 @@
 #define LOWEST (-INFINITY)
 #define AVG(acc, count) ((acc) / (float)(count))
 #define SIX(k) 6.0f
+#define XI(n, c, y, x, C, H, W) ((((n) * (C) + (c)) * (H) + (y)) * (W) + (x))
+#define WI(oc, icg, ky, kx) ((((oc) * cpg + (icg)) * KH + (ky)) * KW + (kx))
 #include "kernels_tmpl.h"
+#undef XI
+#undef WI
 #undef T
 #undef ACC
 #undef BT
@@ -24,7 +28,7 @@
 #undef AVG
 #undef SIX
 
-/* ---- int8 ---- */
+/* ---- int8: NHWC activations, OHWI weights, depthwise weights [KH][KW][OC] ---- */
 #define T int8_t
 #define ACC int32_t
 #define BT int32_t
@@ -34,6 +38,9 @@
 #define LOWEST (-128)
 #define AVG(acc, count) sat8(round_div((acc), (count)))
 #define SIX(k) ((int8_t)k->p[1])
+#define XI(n, c, y, x, C, H, W) ((((n) * (H) + (y)) * (W) + (x)) * (C) + (c))
+#define WI(oc, icg, ky, kx) (DW ? ((ky) * KW + (kx)) * OC + (oc) \
+                                : (((oc) * KH + (ky)) * KW + (kx)) * cpg + (icg))
 #include "kernels_tmpl.h"
 
 /* Row maximum (into *max) and sum of exp(r[i] - max): the stable softmax denominator. */
@@ -125,10 +132,18 @@ NOINLINE void sgd_f32(const struct kparams *k, float *p, const float *g, float *
     }
 }
 
-/* int8 SGD: p = sat8(p - requant(g)), the learning rate folded into (qmult, qshift). */
-NOINLINE void sgd_s8(const struct kparams *k, int8_t *p, const int8_t *g, int8_t *v)
+/* int8 SGD with quantisation-aware scaling (Lin et al., "On-device training under 256KB
+ * memory"): the int8 weight W = s_W[c] * w of output channel c moves by
+ * lr * s_g / s_W[c]^2 * g for an int8 gradient g of scale s_g, that real factor given per
+ * channel as a TFLite multiplier q[2c] (mult) and q[2c + 1] (shift):
+ *     w = sat8(w - requant(g, q[2c], q[2c + 1])),   channel c = i / (numel / channels).
+ * The parameter is channel-major (OHWI, [OUT][IN]); p[1] = channels (0 or 1: one scale). */
+NOINLINE void sgd_s8(const struct kparams *k, int8_t *p, const int8_t *g, const int32_t *q)
 {
-    (void)v;
-    for (int i = 0; i < k->p[0]; i++)
-        p[i] = sat8((int32_t)p[i] - requant((int32_t)g[i], k->qmult, k->qshift));
+    const int numel = k->p[0], ch = k->p[1] > 1 ? k->p[1] : 1, per = numel / ch;
+    for (int c = 0; c < ch; c++) {
+        const int32_t m = q[2 * c], s = q[2 * c + 1];
+        for (int i = c * per; i < (c + 1) * per; i++)
+            p[i] = sat8((int32_t)p[i] - requant((int32_t)g[i], m, s));
+    }
 }

@@ -1,6 +1,12 @@
-/* Training kernels, float32 and int8. Layout NCHW (as torch); weights [OC, C/G, KH, KW] and
- * [OUT, IN]. int8: symmetric (zero point 0), int32 accumulation, int32 bias, requantisation as
- * TFLite/CMSIS-NN (requant() below). See docs/firmware.md for the exact definitions. */
+/* Training kernels, float32 and int8. See docs/firmware.md for the exact definitions.
+ * float32: NCHW (as torch), weights [OC][C/G][KH][KW], [OUT][IN].
+ * int8: the layout of fast MCU kernels (CMSIS-NN, TinyEngine): activations NHWC, convolution
+ * weights OHWI [OC][KH][KW][C/G], depthwise (G == C == OC > 1) weights [KH][KW][OC], linear
+ * [OUT][IN]; symmetric (zero point 0), int32 accumulation, int32 bias, requantisation as
+ * TFLite/CMSIS-NN (requant() below).
+ * Two int8 variants: the portable C kernels (kernels_tmpl.h; every core, and the numerical
+ * reference on the board) and, on cores with the DSP extension, SIMD kernels for conv, depthwise
+ * and linear, forward and backward (kernels_simd.c), bit-exact with the portable ones. */
 #pragma once
 #include <stdint.h>
 
@@ -69,12 +75,37 @@ static inline int32_t round_div(int32_t num, int32_t den)
     void maxpool_bwd_##SUF(const struct kparams *k, const T *x, const T *dy, T *dx); \
     void avgpool_fwd_##SUF(const struct kparams *k, const T *x, T *y); \
     void avgpool_bwd_##SUF(const struct kparams *k, const T *dy, T *dx); \
-    void add_##SUF(const struct kparams *k, const T *a, const T *b, T *y); \
-    void sgd_##SUF(const struct kparams *k, T *p, const T *g, T *v);
+    void add_##SUF(const struct kparams *k, const T *a, const T *b, T *y);
 
 DECLARE_KERNELS(f32, float, float)
 DECLARE_KERNELS(s8, int8_t, int32_t)
+void sgd_f32(const struct kparams *k, float *p, const float *g, float *v);
+void sgd_s8(const struct kparams *k, int8_t *p, const int8_t *g, const int32_t *q);
 void ce_fwd_f32(const struct kparams *k, const float *x, const int32_t *t, float *loss);
 void ce_bwd_f32(const struct kparams *k, const float *x, const int32_t *t, float *dx);
 void ce_fwd_s8(const struct kparams *k, const int8_t *x, const int32_t *t, int32_t *loss);
 void ce_bwd_s8(const struct kparams *k, const int8_t *x, const int32_t *t, int8_t *dx);
+
+/* SIMD int8 kernels (kernels_simd.c). simd_plan(): the scratch bytes the SIMD kernel for this
+ * request needs from the arena (>= 0), or -1 when the portable kernel runs instead (no DSP
+ * extension, KERNELS=portable, or a shape / requantisation the SIMD kernels do not cover). */
+int32_t simd_plan(int kid, const struct kparams *k);
+void conv_fwd_s8_simd(const struct kparams *k, const int8_t *x, const int8_t *w,
+                      const int32_t *b, int8_t *y, uint8_t *scratch);
+void conv_bwd_data_s8_simd(const struct kparams *k, const int8_t *dy, const int8_t *w,
+                           int8_t *dx, uint8_t *scratch);
+void conv_bwd_weight_s8_simd(const struct kparams *k, const int8_t *x, const int8_t *dy,
+                             int8_t *dw, int32_t *db, uint8_t *scratch);
+void linear_fwd_s8_simd(const struct kparams *k, const int8_t *x, const int8_t *w,
+                        const int32_t *b, int8_t *y, uint8_t *scratch);
+void linear_bwd_data_s8_simd(const struct kparams *k, const int8_t *dy, const int8_t *w,
+                             int8_t *dx, uint8_t *scratch);
+void linear_bwd_weight_s8_simd(const struct kparams *k, const int8_t *x, const int8_t *dy,
+                               int8_t *dw, int32_t *db, uint8_t *scratch);
+#if defined(__ARM_FEATURE_DSP) && !defined(KERNELS_PORTABLE)
+#define KERNELS_SIMD 1
+#define KERNEL_VARIANT "simd"
+#else
+#define KERNELS_SIMD 0
+#define KERNEL_VARIANT "portable"
+#endif

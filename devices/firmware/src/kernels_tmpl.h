@@ -1,6 +1,8 @@
 /* Kernel bodies shared by float32 and int8; included by kernels.c with
  * T (element), ACC (accumulator), BT (bias), SUF (name suffix), STORE(acc) (acc -> T),
- * SATADD(a, b), LOWEST (max-pool identity) defined. */
+ * SATADD(a, b), LOWEST (max-pool identity) defined, and the layout:
+ * XI(n, c, y, x, C, H, W) the index of an activation element (NCHW or NHWC) and
+ * WI(oc, icg, ky, kx) the index of a convolution weight (uses OC, cpg, KH, KW, DW). */
 #define CAT_(a, b) a##_##b
 #define CAT(a, b) CAT_(a, b)
 #define FN(name) CAT(name, SUF)
@@ -10,31 +12,33 @@
     const int KH = k->p[5], KW = k->p[6], SH = k->p[7], SW = k->p[8], PH = k->p[9], PW = k->p[10]; \
     const int G = k->p[11], cpg = C / G, opg = OC / G; \
     const int OH = (H + 2 * PH - KH) / SH + 1, OW = (W + 2 * PW - KW) / SW + 1; \
-    (void)N; (void)cpg; (void)opg;
+    const int DW = G > 1 && G == C && OC == C; \
+    (void)N; (void)cpg; (void)opg; (void)DW;
 
 NOINLINE void FN(conv_fwd)(const struct kparams *k, const T *x, const T *w, const BT *b, T *y)
 {
     CONV_DIMS
+    /* element strides along the input channels of x and of the weights */
+    const int xcs = XI(0, 1, 0, 0, C, H, W), wcs = WI(0, 1, 0, 0) - WI(0, 0, 0, 0);
     for (int n = 0; n < N; n++)
         for (int oc = 0; oc < OC; oc++) {
             const int g = oc / opg;
             for (int oy = 0; oy < OH; oy++)
                 for (int ox = 0; ox < OW; ox++) {
                     ACC acc = b ? (ACC)b[oc] : 0;
-                    for (int ic = 0; ic < cpg; ic++) {
-                        const T *xc = x + ((n * C + g * cpg + ic) * H) * W;
-                        const T *wc = w + ((oc * cpg + ic) * KH) * KW;
-                        for (int ky = 0; ky < KH; ky++) {
-                            const int iy = oy * SH - PH + ky;
-                            if (iy < 0 || iy >= H) continue;
-                            for (int kx = 0; kx < KW; kx++) {
-                                const int ix = ox * SW - PW + kx;
-                                if (ix < 0 || ix >= W) continue;
-                                acc += (ACC)xc[iy * W + ix] * (ACC)wc[ky * KW + kx];
-                            }
+                    for (int ky = 0; ky < KH; ky++) {
+                        const int iy = oy * SH - PH + ky;
+                        if (iy < 0 || iy >= H) continue;
+                        for (int kx = 0; kx < KW; kx++) {
+                            const int ix = ox * SW - PW + kx;
+                            if (ix < 0 || ix >= W) continue;
+                            const T *xp = x + XI(n, g * cpg, iy, ix, C, H, W);
+                            const T *wp = w + WI(oc, 0, ky, kx);
+                            for (int ic = 0; ic < cpg; ic++)
+                                acc += (ACC)xp[ic * xcs] * (ACC)wp[ic * wcs];
                         }
                     }
-                    y[((n * OC + oc) * OH + oy) * OW + ox] = STORE(acc);
+                    y[XI(n, oc, oy, ox, OC, OH, OW)] = STORE(acc);
                 }
         }
 }
@@ -42,30 +46,30 @@ NOINLINE void FN(conv_fwd)(const struct kparams *k, const T *x, const T *w, cons
 NOINLINE void FN(conv_bwd_data)(const struct kparams *k, const T *dy, const T *w, T *dx)
 {
     CONV_DIMS
+    /* element strides along the output channels of dy and of the weights */
+    const int dys = XI(0, 1, 0, 0, OC, OH, OW), wos = WI(1, 0, 0, 0) - WI(0, 0, 0, 0);
     for (int n = 0; n < N; n++)
         for (int c = 0; c < C; c++) {
             const int g = c / cpg, icg = c - g * cpg;
             for (int iy = 0; iy < H; iy++)
                 for (int ix = 0; ix < W; ix++) {
                     ACC acc = 0;
-                    for (int oc = g * opg; oc < (g + 1) * opg; oc++) {
-                        const T *dyc = dy + ((n * OC + oc) * OH) * OW;
-                        const T *wc = w + ((oc * cpg + icg) * KH) * KW;
-                        for (int ky = 0; ky < KH; ky++) {
-                            const int ty = iy + PH - ky;
-                            if (ty < 0 || ty % SH) continue;
-                            const int oy = ty / SH;
-                            if (oy >= OH) continue;
-                            for (int kx = 0; kx < KW; kx++) {
-                                const int tx = ix + PW - kx;
-                                if (tx < 0 || tx % SW) continue;
-                                const int ox = tx / SW;
-                                if (ox >= OW) continue;
-                                acc += (ACC)dyc[oy * OW + ox] * (ACC)wc[ky * KW + kx];
-                            }
+                    for (int ky = 0; ky < KH; ky++) {
+                        const int ty = iy + PH - ky;
+                        if (ty < 0 || ty % SH) continue;
+                        const int oy = ty / SH;
+                        if (oy >= OH) continue;
+                        for (int kx = 0; kx < KW; kx++) {
+                            const int tx = ix + PW - kx;
+                            if (tx < 0 || tx % SW) continue;
+                            const int ox = tx / SW;
+                            if (ox >= OW) continue;
+                            const T *dp = dy + XI(n, g * opg, oy, ox, OC, OH, OW);
+                            const T *wp = w + WI(g * opg, icg, ky, kx);
+                            for (int j = 0; j < opg; j++) acc += (ACC)dp[j * dys] * (ACC)wp[j * wos];
                         }
                     }
-                    dx[((n * C + c) * H + iy) * W + ix] = STORE(acc);
+                    dx[XI(n, c, iy, ix, C, H, W)] = STORE(acc);
                 }
         }
 }
@@ -73,6 +77,8 @@ NOINLINE void FN(conv_bwd_data)(const struct kparams *k, const T *dy, const T *w
 NOINLINE void FN(conv_bwd_weight)(const struct kparams *k, const T *x, const T *dy, T *dw, BT *db)
 {
     CONV_DIMS
+    /* element strides from one output column to the next, in dy and in x */
+    const int dxs = XI(0, 0, 0, 1, OC, OH, OW), xxs = SW * XI(0, 0, 0, 1, C, H, W);
     for (int oc = 0; oc < OC; oc++) {
         const int g = oc / opg;
         for (int icg = 0; icg < cpg; icg++) {
@@ -80,20 +86,21 @@ NOINLINE void FN(conv_bwd_weight)(const struct kparams *k, const T *x, const T *
             for (int ky = 0; ky < KH; ky++)
                 for (int kx = 0; kx < KW; kx++) {
                     ACC acc = 0;
+                    /* the output columns whose input column is inside the image */
+                    int ox0 = 0, ox1 = OW;
+                    while (ox0 < OW && ox0 * SW - PW + kx < 0) ox0++;
+                    while (ox1 > ox0 && (ox1 - 1) * SW - PW + kx >= W) ox1--;
                     for (int n = 0; n < N; n++) {
-                        const T *xc = x + ((n * C + c) * H) * W;
-                        const T *dyc = dy + ((n * OC + oc) * OH) * OW;
                         for (int oy = 0; oy < OH; oy++) {
                             const int iy = oy * SH - PH + ky;
-                            if (iy < 0 || iy >= H) continue;
-                            for (int ox = 0; ox < OW; ox++) {
-                                const int ix = ox * SW - PW + kx;
-                                if (ix < 0 || ix >= W) continue;
-                                acc += (ACC)dyc[oy * OW + ox] * (ACC)xc[iy * W + ix];
-                            }
+                            if (iy < 0 || iy >= H || ox0 >= ox1) continue;
+                            const T *dp = dy + XI(n, oc, oy, ox0, OC, OH, OW);
+                            const T *xp = x + XI(n, c, iy, ox0 * SW - PW + kx, C, H, W);
+                            for (int ox = ox0; ox < ox1; ox++, dp += dxs, xp += xxs)
+                                acc += (ACC)*dp * (ACC)*xp;
                         }
                     }
-                    dw[((oc * cpg + icg) * KH + ky) * KW + kx] = STORE(acc);
+                    dw[WI(oc, icg, ky, kx)] = STORE(acc);
                 }
         }
     }
@@ -101,7 +108,8 @@ NOINLINE void FN(conv_bwd_weight)(const struct kparams *k, const T *x, const T *
         for (int oc = 0; oc < OC; oc++) {
             ACC acc = 0;
             for (int n = 0; n < N; n++)
-                for (int i = 0; i < OH * OW; i++) acc += (ACC)dy[(n * OC + oc) * OH * OW + i];
+                for (int oy = 0; oy < OH; oy++)
+                    for (int ox = 0; ox < OW; ox++) acc += (ACC)dy[XI(n, oc, oy, ox, OC, OH, OW)];
             db[oc] = (BT)acc;
         }
 }
@@ -177,7 +185,7 @@ NOINLINE void FN(maxpool_fwd)(const struct kparams *k, const T *x, T *y)
 {
     POOL_DIMS
     for (int nc = 0; nc < N * C; nc++) {
-        const T *xc = x + nc * H * W;
+        const int n = nc / C, c = nc % C;
         for (int oy = 0; oy < OH; oy++)
             for (int ox = 0; ox < OW; ox++) {
                 T m = LOWEST;
@@ -187,10 +195,10 @@ NOINLINE void FN(maxpool_fwd)(const struct kparams *k, const T *x, T *y)
                     for (int kx = 0; kx < KW; kx++) {
                         const int ix = ox * SW - PW + kx;
                         if (ix < 0 || ix >= W) continue;
-                        if (xc[iy * W + ix] > m) m = xc[iy * W + ix];
+                        if (x[XI(n, c, iy, ix, C, H, W)] > m) m = x[XI(n, c, iy, ix, C, H, W)];
                     }
                 }
-                y[(nc * OH + oy) * OW + ox] = m;
+                y[XI(n, c, oy, ox, C, OH, OW)] = m;
             }
     }
 }
@@ -200,7 +208,7 @@ NOINLINE void FN(maxpool_bwd)(const struct kparams *k, const T *x, const T *dy, 
     POOL_DIMS
     for (int i = 0; i < N * C * H * W; i++) dx[i] = 0;
     for (int nc = 0; nc < N * C; nc++) {
-        const T *xc = x + nc * H * W;
+        const int n = nc / C, c = nc % C;
         for (int oy = 0; oy < OH; oy++)
             for (int ox = 0; ox < OW; ox++) {
                 int best = -1;
@@ -210,12 +218,13 @@ NOINLINE void FN(maxpool_bwd)(const struct kparams *k, const T *x, const T *dy, 
                     for (int kx = 0; kx < KW; kx++) {
                         const int ix = ox * SW - PW + kx;
                         if (ix < 0 || ix >= W) continue;
-                        if (best < 0 || xc[iy * W + ix] > xc[best]) best = iy * W + ix;
+                        const int at = XI(n, c, iy, ix, C, H, W);
+                        if (best < 0 || x[at] > x[best]) best = at;
                     }
                 }
                 if (best >= 0) {
-                    T *d = &dx[nc * H * W + best];
-                    *d = SATADD(*d, dy[(nc * OH + oy) * OW + ox]);
+                    T *d = &dx[best];
+                    *d = SATADD(*d, dy[XI(n, c, oy, ox, C, OH, OW)]);
                 }
             }
     }
@@ -226,7 +235,7 @@ NOINLINE void FN(avgpool_fwd)(const struct kparams *k, const T *x, T *y)
     POOL_DIMS
     const int count = KH * KW;
     for (int nc = 0; nc < N * C; nc++) {
-        const T *xc = x + nc * H * W;
+        const int n = nc / C, c = nc % C;
         for (int oy = 0; oy < OH; oy++)
             for (int ox = 0; ox < OW; ox++) {
                 ACC acc = 0;
@@ -236,10 +245,10 @@ NOINLINE void FN(avgpool_fwd)(const struct kparams *k, const T *x, T *y)
                     for (int kx = 0; kx < KW; kx++) {
                         const int ix = ox * SW - PW + kx;
                         if (ix < 0 || ix >= W) continue;
-                        acc += (ACC)xc[iy * W + ix];
+                        acc += (ACC)x[XI(n, c, iy, ix, C, H, W)];
                     }
                 }
-                y[(nc * OH + oy) * OW + ox] = AVG(acc, count);
+                y[XI(n, c, oy, ox, C, OH, OW)] = AVG(acc, count);
             }
     }
 }
@@ -249,7 +258,7 @@ NOINLINE void FN(avgpool_bwd)(const struct kparams *k, const T *dy, T *dx)
     POOL_DIMS
     const int count = KH * KW;
     for (int nc = 0; nc < N * C; nc++) {
-        const T *dyc = dy + nc * OH * OW;
+        const int n = nc / C, c = nc % C;
         for (int iy = 0; iy < H; iy++)
             for (int ix = 0; ix < W; ix++) {
                 ACC acc = 0;
@@ -263,10 +272,10 @@ NOINLINE void FN(avgpool_bwd)(const struct kparams *k, const T *dy, T *dx)
                         if (tx < 0 || tx % SW) continue;
                         const int ox = tx / SW;
                         if (ox >= OW) continue;
-                        acc += (ACC)dyc[oy * OW + ox];
+                        acc += (ACC)dy[XI(n, c, oy, ox, C, OH, OW)];
                     }
                 }
-                dx[(nc * H + iy) * W + ix] = AVG(acc, count);
+                dx[XI(n, c, iy, ix, C, H, W)] = AVG(acc, count);
             }
     }
 }

@@ -11,9 +11,10 @@
 #include "kernels.h"
 
 #ifndef PROTOCOL_VERSION
-#define PROTOCOL_VERSION 1
+#define PROTOCOL_VERSION 2
 #endif
-#define FW_VERSION "0.2.0"   /* 0.2: interrupt-driven receive ring */
+#define FW_VERSION "0.3.0"   /* 0.2: interrupt-driven receive ring; 0.3: int8 NHWC, SIMD kernels,
+                                per-channel int8 SGD, scratch in the arena (protocol 2) */
 #define MAX_RX 256
 #define OUT_CHUNK 192
 #define MAX_REPLY 320       /* largest reply payload the host accepts (protocol.py MAX_REPLY) */
@@ -94,7 +95,7 @@ static char *kv(char *p, const char *key, const char *s, uint32_t v, int numeric
 /* ------------------------------------------------------------------ hello */
 static void do_hello(uint8_t seq)
 {
-    char buf[MAX_REPLY], *p = buf;   /* worst case (every number 10 digits): 289 */
+    char buf[MAX_REPLY], *p = buf;   /* worst case (every number 10 digits): 306 */
     p = kv(p, "proto", 0, PROTOCOL_VERSION, 1);
     p = kv(p, "fw", FW_VERSION, 0, 0);
     p = kv(p, "board", BOARD_NAME, 0, 0);
@@ -110,6 +111,7 @@ static void do_hello(uint8_t seq)
     p = kv(p, "timer", "systick", 0, 0);
 #endif
     p = kv(p, "timer_hz", 0, TIMER_HZ, 1);
+    p = kv(p, "kernels", KERNEL_VARIANT, 0, 0);
     p = kv(p, "timer_overhead", 0, timer_overhead, 1);
     p = kv(p, "max_payload", 0, MAX_RX, 1);
     p = kv(p, "rx_buffer", 0, rx_ring_size(), 1);
@@ -144,7 +146,7 @@ struct run_req {            /* wire layout, little-endian, 80 bytes */
 _Static_assert(sizeof(uint32_t) * 9 + 4 * MAX_SAMPLES <= MAX_REPLY, "RESULT exceeds MAX_REPLY");
 _Static_assert(5 + OUT_CHUNK <= MAX_REPLY && MAX_RX <= MAX_REPLY, "frame exceeds MAX_REPLY");
 
-enum { FILL_T, FILL_BIAS, FILL_LABEL, FILL_NONE };
+enum { FILL_T, FILL_BIAS, FILL_LABEL, FILL_QMULT, FILL_NONE };
 struct buf { uint64_t count; uint32_t esize; uint8_t fill; uint8_t *ptr; };
 
 static uint32_t rng;
@@ -156,7 +158,7 @@ static uint32_t xorshift(void)
     return rng;
 }
 
-static void fill(struct buf *b, int dtype, int32_t classes)
+static void fill(struct buf *b, int dtype, int32_t classes, int32_t qshift)
 {
     for (uint64_t i = 0; i < b->count; i++) {
         uint32_t r = xorshift();
@@ -171,6 +173,10 @@ static void fill(struct buf *b, int dtype, int32_t classes)
             break;
         case FILL_LABEL:
             ((int32_t *)b->ptr)[i] = (int32_t)(r % (uint32_t)classes);
+            break;
+        case FILL_QMULT:   /* per-channel (mult, shift): mult in [2^30, 2^31), shift - 0..3 */
+            ((int32_t *)b->ptr)[i] = (i & 1) ? qshift - (int32_t)(r & 3u)
+                                             : (int32_t)(0x40000000u | (r >> 2));
             break;
         }
     }
@@ -263,7 +269,11 @@ static int plan(const struct run_req *q, struct kparams *k, struct buf *b, int *
     case K_SGD:
         if (p[0] <= 0) return -1;
         if (s8 && q->f[1] != 0.0f) { *err = "int8 sgd has no momentum"; return 0; }
-        IN(p[0], FILL_T); IN(p[0], FILL_T); if (q->f[1] != 0.0f) IN(p[0], FILL_T);
+        if (s8 && (p[1] < 0 || (p[1] > 1 && p[0] % p[1]))) return -1;
+        IN(p[0], FILL_T); IN(p[0], FILL_T);
+        if (s8) { b[ni].count = 2u * (uint64_t)(p[1] > 1 ? p[1] : 1); b[ni].esize = 4;
+                  b[ni].fill = FILL_QMULT; ni++; }
+        else if (q->f[1] != 0.0f) IN(p[0], FILL_T);
         break;                           /* updates p in place: p is the output */
     default:
         *err = "unknown kernel";
@@ -276,11 +286,24 @@ static int plan(const struct run_req *q, struct kparams *k, struct buf *b, int *
 #undef OUT
 }
 
-static void call_kernel(int kid, int s8, const struct kparams *k, struct buf *b, int ni)
+static void call_kernel(int kid, int s8, const struct kparams *k, struct buf *b, int ni,
+                        uint8_t *scratch)
 {
 #define P(i) ((void *)b[i].ptr)
     void *bias = k->has_bias ? P(2) : 0;
     void *dbias = k->has_bias ? P(3) : 0;
+#if KERNELS_SIMD
+    if (s8 && scratch) switch (kid) {   /* the SIMD kernels (simd_plan() said so) */
+    case K_CONV_FWD: conv_fwd_s8_simd(k, P(0), P(1), bias, P(ni), scratch); return;
+    case K_CONV_BWD_DATA: conv_bwd_data_s8_simd(k, P(0), P(1), P(2), scratch); return;
+    case K_CONV_BWD_WEIGHT: conv_bwd_weight_s8_simd(k, P(0), P(1), P(2), dbias, scratch); return;
+    case K_LINEAR_FWD: linear_fwd_s8_simd(k, P(0), P(1), bias, P(ni), scratch); return;
+    case K_LINEAR_BWD_DATA: linear_bwd_data_s8_simd(k, P(0), P(1), P(2), scratch); return;
+    case K_LINEAR_BWD_WEIGHT: linear_bwd_weight_s8_simd(k, P(0), P(1), P(2), dbias, scratch); return;
+    }
+#else
+    (void)scratch;
+#endif
     if (s8) switch (kid) {
     case K_CONV_FWD: conv_fwd_s8(k, P(0), P(1), bias, P(ni)); break;
     case K_CONV_BWD_DATA: conv_bwd_data_s8(k, P(0), P(1), P(2)); break;
@@ -299,7 +322,7 @@ static void call_kernel(int kid, int s8, const struct kparams *k, struct buf *b,
     case K_ADD: add_s8(k, P(0), P(1), P(2)); break;
     case K_CE_FWD: ce_fwd_s8(k, P(0), P(1), P(2)); break;
     case K_CE_BWD: ce_bwd_s8(k, P(0), P(1), P(2)); break;
-    case K_SGD: sgd_s8(k, P(0), P(1), 0); break;
+    case K_SGD: sgd_s8(k, P(0), P(1), P(2)); break;
     } else switch (kid) {
     case K_CONV_FWD: conv_fwd_f32(k, P(0), P(1), bias, P(ni)); break;
     case K_CONV_BWD_DATA: conv_bwd_data_f32(k, P(0), P(1), P(2)); break;
@@ -345,6 +368,10 @@ static void do_run(uint8_t seq, const uint8_t *payload, uint32_t len)
     r.n_out = (uint8_t)no;
     uint64_t need = 0;
     for (int i = 0; i < nb; i++) need += (b[i].count * b[i].esize + 7u) & ~7ull;
+    /* SIMD kernels: im2col columns / transposed operands, after the buffers */
+    const int32_t simd = q.dtype == DT_S8 ? simd_plan(q.kernel, &k) : -1;
+    const uint32_t scratch_bytes = simd >= 0 ? ((uint32_t)simd + 7u) & ~7u : 0u;
+    need += scratch_bytes;
     const uint32_t arena = (uint32_t)(_earena - _sarena);
     r.needed_bytes = need > 0xFFFFFFFFull ? 0xFFFFFFFFu : (uint32_t)need;
     if (need > arena) { r.status = ST_DOES_NOT_FIT; result_msg(&r, "op does not fit the arena"); return; }
@@ -353,11 +380,14 @@ static void do_run(uint8_t seq, const uint8_t *payload, uint32_t len)
         b[i].ptr = top;
         top += (b[i].count * b[i].esize + 7u) & ~7ull;
     }
+    /* the SIMD path gets a scratch pointer (never null, even for 0 bytes: depthwise) */
+    uint8_t *scratch = simd >= 0 ? top : 0;
+    top += scratch_bytes;
     rng = q.seed ? q.seed : 0x9E3779B9u;
     const int32_t classes = q.p[1];
     for (int i = 0; i < nb; i++) {
         if (b[i].fill == FILL_NONE) memset(b[i].ptr, 0, (size_t)(b[i].count * b[i].esize));
-        else fill(&b[i], q.dtype, classes);
+        else fill(&b[i], q.dtype, classes, q.qshift);
     }
     r.peak_bytes = (uint32_t)(top - _sarena);
     /* outputs: the buffers after the inputs; in-place SGD updates its first input */
@@ -369,7 +399,7 @@ static void do_run(uint8_t seq, const uint8_t *payload, uint32_t len)
     uint32_t *sp;
     __asm volatile ("mov %0, sp" : "=r"(sp));
     for (uint32_t *p = _sstack; p < sp - 8; p++) *p = 0xC5C5C5C5u;
-    call_kernel(q.kernel, q.dtype == DT_S8, &k, b, ni);
+    call_kernel(q.kernel, q.dtype == DT_S8, &k, b, ni, scratch);
     uint32_t crc = 0;
     for (int i = first_out; i < last_out; i++) {
         uint32_t n = (uint32_t)(b[i].count * b[i].esize);
@@ -383,12 +413,12 @@ static void do_run(uint8_t seq, const uint8_t *payload, uint32_t len)
             }
     }
     r.output_crc = crc;
-    for (int i = 0; i < q.warmups; i++) call_kernel(q.kernel, q.dtype == DT_S8, &k, b, ni);
+    for (int i = 0; i < q.warmups; i++) call_kernel(q.kernel, q.dtype == DT_S8, &k, b, ni, scratch);
     int ns = q.samples < 1 ? 1 : (q.samples > MAX_SAMPLES ? MAX_SAMPLES : q.samples);
     for (int i = 0; i < ns; i++) {
         board_ts_pin(1);
         uint32_t t0 = timer_now();
-        call_kernel(q.kernel, q.dtype == DT_S8, &k, b, ni);
+        call_kernel(q.kernel, q.dtype == DT_S8, &k, b, ni, scratch);
         uint32_t t1 = timer_now();
         board_ts_pin(0);
         uint32_t d = t1 - t0;
