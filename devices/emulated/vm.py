@@ -22,7 +22,6 @@ import signal
 import socket
 import subprocess
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 from costdb.errors import CostdbError
