@@ -1,13 +1,22 @@
-"""Solver benchmark: ResNet-18 at POET's granularity (one forward + one backward node per layer).
+"""Solver benchmark (issue 12's grid; figures for docs/benchmarks.md). Costs are *modelled*
+(POET's analytic model from the device catalog), labelled so in the output.
 
-For budgets between the minimum feasible and the no-savings peak: instance size, solve time and
-status / gap of the integrated MILP with HiGHS and with CBC, and the energy of integrated vs
-remat-only vs paging-only vs Chen's sqrt(n) vs the paging heuristic; then an ablation of the
-speed-ups on one budget (presolve, symmetry cuts, warm start, LP relaxation + rounding).
+1. ResNet-18 at POET granularity (one forward + one backward node per layer), devices rpi4b and
+   nrf52840, three memory budgets between the minimum feasible and the no-savings peak (5 %, 50 %,
+   95 % of the way), deadlines 1.5x and 7.6x the compute time: wall time to proven optimality
+   (gap <= 1e-4) of the MILP (HiGHS) and of the CP-SAT retention-interval model, each under a
+   wall-time limit (``--time-limit``, default 300 s), plus the keep-everything instances (the
+   no-savings peak), which must end in under a second.
+2. MobileNetV2 and ResNet-50 (rpi4b, 5 % budget, 1.5x deadline): the gap each method reaches
+   within ``--time-limit``; model building time of both formulations.
+3. The non-dominated filter on 10^4, 10^5, 10^6 uniform random points in 2 and 3 objectives
+   (moocore; and the own O(n log n) fallback).
 
-    python benchmarks/bench_solver.py [--device rpi4b] [--model resnet18] [--time-limit 60]
+    python benchmarks/bench_solver.py                       # the full grid (hours; quiet machine)
+    python benchmarks/bench_solver.py --quick               # reduced: 1 device, 1 deadline, 20 s
 
-Prints a markdown section (the source of docs/benchmarks.md's solver section).
+Every solve goes through ``solver.commands.solve_within`` (the CLI's path: a child process killed
+at the limit), so the wall times include model building. Prints markdown.
 """
 from __future__ import annotations
 
@@ -15,100 +24,127 @@ import argparse
 import datetime
 import os
 import platform
-
-from devices.catalog import get_profile
-from profiler.zoo import model_graph
-from solver.baselines import capuchin_paging, checkpoint_all, chen_sqrt
-from solver.problem import instance_from_graph
-from solver.simulate import simulate
-from solver.solve import min_feasible_budget, solve
-
-
-def fmt_e(j):
-    return "-" if j is None else f"{j:.5f}"
+import time
 
 
 def row(cells):
     print("| " + " | ".join(str(c) for c in cells) + " |", flush=True)
 
 
+def fmt(v, spec=".5f"):
+    return "-" if v is None else format(v, spec)
+
+
+def instance(model: str, device: str):
+    from devices.catalog import get_profile
+    from profiler.zoo import model_graph
+    from solver.problem import instance_from_graph
+    return instance_from_graph(model_graph(model), get_profile(device), granularity="layer")
+
+
+def one(inst, budget, deadline, method, limit, threads):
+    from solver.commands import solve_within
+    t0 = time.perf_counter()
+    r = solve_within(inst, limit, budget=budget, deadline=deadline, method=method,
+                     threads=threads, gap=1e-4, explain_infeasible=False)
+    return r, time.perf_counter() - t0
+
+
+def grid(a) -> None:
+    from solver.solve import min_feasible_budget
+    print("## ResNet-18 (POET granularity): time to proven optimality (gap <= 1e-4)\n")
+    print(f"Wall-time limit {a.time_limit:g} s per solve (whole call: presolve, heuristics, model "
+          "building, solving); costs modelled. `optimal` = proven within the limit.\n")
+    row(["device", "budget", "deadline", "method", "status", "energy (J)", "bound (J)", "gap",
+         "wall (s)", "build (s)", "variables"])
+    row(["---"] * 11)
+    for device in a.devices:
+        inst = instance("resnet18", device)
+        peak = inst.no_savings_peak()
+        lo, exact = min_feasible_budget(inst)
+        fracs = [float(x) for x in a.fractions.split(",")]
+        for f in fracs + [1.0]:
+            budget = peak if f >= 1.0 else int(lo + f * (peak - lo))
+            for dlf in a.deadlines:
+                for method in a.methods:
+                    r, wall = one(inst, budget, inst.compute_runtime_s * dlf, method,
+                                  a.time_limit, a.threads)
+                    row([device, f"{f:.0%} ({budget} B)", f"{dlf}x", method, r.status,
+                         fmt(r.energy_j), fmt(r.bound_energy_j),
+                         "-" if r.gap is None else f"{r.gap:.2e}", f"{wall:.2f}",
+                         f"{r.build_time_s:.2f}", r.n_variables])
+                    if f >= 1.0:
+                        break        # keep-everything: the formulation does not matter
+
+
+def large(a) -> None:
+    from solver.solve import min_feasible_budget
+    print("\n## MobileNetV2 and ResNet-50 (rpi4b, 5 % budget, 1.5x deadline): gap within the "
+          "limit\n")
+    row(["model", "nodes", "method", "status", "energy (J)", "bound (J)", "gap", "wall (s)",
+         "build (s)", "variables", "constraints"])
+    row(["---"] * 11)
+    for model in a.large:
+        inst = instance(model, "rpi4b")
+        peak = inst.no_savings_peak()
+        lo, _ = min_feasible_budget(inst, time_limit=30)
+        budget = int(lo + 0.05 * (peak - lo))
+        for method in a.methods:
+            r, wall = one(inst, budget, inst.compute_runtime_s * 1.5, method, a.large_limit,
+                          a.threads)
+            row([model, inst.n, method, r.status, fmt(r.energy_j), fmt(r.bound_energy_j),
+                 "-" if r.gap is None else f"{r.gap:.2e}", f"{wall:.1f}", f"{r.build_time_s:.2f}",
+                 r.n_variables, r.n_constraints])
+
+
+def pareto(a) -> None:
+    import numpy as np
+    from solver.pareto import nondominated
+    print("\n## Non-dominated filter (uniform random points)\n")
+    row(["points", "objectives", "front", "moocore (s)", "own O(n log n) (s)"])
+    row(["---"] * 5)
+    rng = np.random.default_rng(0)
+    nondominated(rng.random((100, 3)), use_moocore=False)      # numba compile / cache
+    for n in a.pareto_sizes:
+        for d in (2, 3):
+            pts = rng.random((n, d))
+            t0 = time.perf_counter()
+            m = nondominated(pts)
+            t1 = time.perf_counter()
+            m2 = nondominated(pts, use_moocore=False)
+            t2 = time.perf_counter()
+            assert (m == m2).all()
+            row([n, d, int(m.sum()), f"{t1 - t0:.3f}", f"{t2 - t1:.3f}"])
+
+
 def main() -> None:
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--device", default="rpi4b")
-    ap.add_argument("--model", default="resnet18")
-    ap.add_argument("--batch", type=int, default=None)
-    ap.add_argument("--time-limit", type=float, default=60.0)
-    ap.add_argument("--deadline-factor", type=float, default=1.25)
-    ap.add_argument("--fractions", default="0.25,0.5,0.75")
-    ap.add_argument("--no-ablation", action="store_true")
+    ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    ap.add_argument("--devices", nargs="+", default=["rpi4b", "nrf52840"])
+    ap.add_argument("--deadlines", nargs="+", type=float, default=[1.5, 7.6])
+    ap.add_argument("--fractions", default="0.05,0.5,0.95")
+    ap.add_argument("--methods", nargs="+", default=["milp", "cpsat"])
+    ap.add_argument("--time-limit", type=float, default=300.0)
+    ap.add_argument("--large", nargs="*", default=["mobilenetv2", "resnet50"])
+    ap.add_argument("--large-limit", type=float, default=300.0)
+    ap.add_argument("--pareto-sizes", nargs="*", type=int, default=[10**4, 10**5, 10**6])
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--quick", action="store_true",
+                    help="reduced run: rpi4b, 1.5x, 5%% and 95%% budgets, 20 s, no large models")
     a = ap.parse_args()
-    g = model_graph(a.model, batch=a.batch)
-    prof = get_profile(a.device)
-    inst = instance_from_graph(g, prof)
-    tl = a.time_limit
-    peak = inst.no_savings_peak()
-    lo, _ = min_feasible_budget(inst)
-    deadline = inst.compute_runtime_s * a.deadline_factor
-    print(f"# bench_solver: {g.key} on {a.device} ({inst.cost_provenance()} costs), "
-          f"{datetime.date.today()}")
-    print(f"# host: {platform.node()} {platform.machine()} {os.cpu_count()} cores, python "
-          f"{platform.python_version()}; time limit {tl:g} s per MILP, gap 1e-4")
-    print(f"# {inst.n} solver nodes ({len(g.nodes)} graph nodes); fixed memory {inst.fixed_bytes} B; "
-          f"activations at the no-savings peak {peak - inst.fixed_bytes} B")
-    print(f"# minimum feasible budget {lo} B, no-savings peak {peak} B; deadline "
-          f"{deadline:.4f} s = {a.deadline_factor} x compute runtime {inst.compute_runtime_s:.4f} s; "
-          f"compute energy {inst.compute_energy_j:.5f} J")
-    print()
-    fracs = [float(x) for x in a.fractions.split(",")]
-    budgets = [int(lo + f * (peak - lo)) for f in fracs]
-    print("## Integrated MILP: size and solve time\n")
-    row(["budget (B)", "budget (frac)", "solver", "variables", "constraints", "status",
-         "energy (J)", "bound (J)", "gap", "solve (s)", "build (s)", "warm start"])
-    row(["---"] * 12)
-    energies: dict[tuple[int, str], float | None] = {}
-    for f, b in zip(fracs, budgets):
-        for s in ("highs", "cbc"):
-            r = solve(inst, budget=b, deadline=deadline, solver=s, time_limit=tl, explain_infeasible=False)
-            energies[b, f"integrated-{s}"] = r.energy_j
-            row([b, f, s, r.n_variables, r.n_constraints, r.status, fmt_e(r.energy_j),
-                 fmt_e(r.bound_energy_j), "-" if r.gap is None else f"{r.gap:.3%}",
-                 f"{r.solve_time_s:.1f}", f"{r.build_time_s:.1f}",
-                 f"{r.heuristic} ({fmt_e(r.heuristic_energy_j)})" if r.warm_start else "no"])
-    print("\n## Energy by strategy (J; '-' = infeasible within budget and deadline)\n")
-    row(["budget (B)", "integrated", "remat-only MILP", "paging-only MILP", "Chen sqrt(n)",
-         "paging heuristic", "checkpoint-all", "remat status", "paging status"])
-    row(["---"] * 9)
-    for f, b in zip(fracs, budgets):
-        rm = solve(inst, budget=b, deadline=deadline, mode="remat", time_limit=tl, explain_infeasible=False)
-        pg = solve(inst, budget=b, deadline=deadline, mode="paging", time_limit=tl, explain_infeasible=False)
-        base = []
-        for sched in (chen_sqrt(inst), capuchin_paging(inst, b), checkpoint_all(inst)):
-            sim = simulate(inst, sched, b, deadline)
-            base.append(fmt_e(sim.energy_j) if sim.ok else
-                        f"- (peak {sim.peak_memory_bytes} B, {sim.runtime_s:.3f} s)")
-        best = min([e for e in (energies[b, "integrated-highs"], energies[b, "integrated-cbc"]) if e is not None],
-                   default=None)
-        row([b, fmt_e(best), fmt_e(rm.energy_j), fmt_e(pg.energy_j), *base,
-             f"{rm.status} {'' if rm.gap is None else f'{rm.gap:.2%}'}",
-             f"{pg.status} {'' if pg.gap is None else f'{pg.gap:.2%}'}"])
-    if a.no_ablation:
-        return
-    b = budgets[len(budgets) // 2]
-    print(f"\n## What each speed-up buys (integrated, HiGHS, budget {b} B)\n")
-    row(["variant", "variables", "constraints", "status", "energy (J)", "gap", "solve (s)"])
-    row(["---"] * 7)
-    variants = [
-        ("all on (default)", {}),
-        ("no presolve (prune=False: full T x T rows)", {"prune": False}),
-        ("no symmetry cuts", {"symmetry_cuts": False}),
-        ("no warm start", {"warm_start": False}),
-        ("backward remat allowed", {"allow_bwd_remat": True}),
-        ("LP relaxation + rounding", {"method": "lp_round"}),
-    ]
-    for name, kw in variants:
-        r = solve(inst, budget=b, deadline=deadline, time_limit=tl, explain_infeasible=False, **kw)
-        row([name, r.n_variables, r.n_constraints, r.status, fmt_e(r.energy_j),
-             "-" if r.gap is None else f"{r.gap:.3%}", f"{r.solve_time_s:.1f}"])
+    if a.quick:
+        a.devices, a.deadlines, a.fractions = ["rpi4b"], [1.5], "0.05"
+        a.time_limit, a.large, a.pareto_sizes = 20.0, [], [10**4, 10**6]
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
+    print(f"# bench_solver {datetime.datetime.now(datetime.timezone.utc):%Y-%m-%d %H:%M} UTC on "
+          f"{platform.node()} ({platform.machine()}, {os.cpu_count()} cores, python "
+          f"{platform.python_version()}); load average at start {load[0]:.2f}; costs modelled\n")
+    grid(a)
+    if a.large:
+        large(a)
+    if a.pareto_sizes:
+        pareto(a)
+    load = os.getloadavg() if hasattr(os, "getloadavg") else ("?",)
+    print(f"\nload average at the end {load[0]:.2f}")
 
 
 if __name__ == "__main__":

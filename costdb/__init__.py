@@ -15,7 +15,8 @@ from costdb.database import Database, open  # noqa: A004
 from costdb.errors import CostdbError
 from costdb.graph import Node, TrainingGraph
 from costdb.records import (DeviceRecord, IterationRecord, Measurement, ModelRecord, OpRecord,
-                            ParetoPointRecord, ScheduleRecord, SessionRecord, SweepRecord)
+                            ParetoPointRecord, RunRecord, ScheduleRecord, SessionRecord,
+                            StorageProfileRecord, SweepRecord)
 from costdb.settings import SettingsRecord
 
 __version__ = "0.1.0"
@@ -30,6 +31,7 @@ def profile(db_path, device="local", model="resnet18", **options):
 
 
 __all__ = ["Database", "CostdbError", "DeviceRecord", "IterationRecord", "Measurement",
-           "ModelRecord", "Node", "OpRecord", "ParetoPointRecord", "ScheduleRecord",
+           "ModelRecord", "Node", "OpRecord", "ParetoPointRecord", "RunRecord", "ScheduleRecord",
+           "StorageProfileRecord",
            "SessionRecord", "SettingsRecord", "SweepRecord", "TrainingGraph", "open", "profile",
            "__version__"]

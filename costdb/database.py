@@ -24,13 +24,13 @@ from urllib.parse import quote
 from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from costdb import schema
-from costdb.errors import CostdbError
+from costdb.errors import CostdbError, did_you_mean
 from costdb.graph import Node, TrainingGraph
 from costdb.settings import IDENTITY, SettingsRecord, describe, differing
 from costdb.records import (DONE_STATUSES, KINDS, DeviceRecord, IterationRecord, Measurement,
-                            ModelRecord, OpRecord, ParetoPointRecord, ScheduleRecord,
-                            SessionRecord, SweepRecord, from_row, now_iso, shape_label,
-                            to_row)
+                            ModelRecord, OpRecord, ParetoPointRecord, RunRecord, ScheduleRecord,
+                            SessionRecord, StorageProfileRecord, SweepRecord, from_row, now_iso,
+                            shape_label, to_row)
 
 if TYPE_CHECKING:
     import pandas as pd
@@ -412,6 +412,7 @@ class Database:
         if rec is None:
             known = [d.name for d in self.device_list()]
             raise CostdbError(f"device {device!r} has no data in {self.path}"
+                              + did_you_mean(device, known)
                               + (f"; devices with data: {', '.join(known)}" if known else ""))
         return rec
 
@@ -480,7 +481,9 @@ class Database:
         rows = self.conn.execute(sql + " ORDER BY id", args).fetchall()
         if not rows:
             known = [r[0] for r in self.conn.execute("SELECT key FROM models ORDER BY id")]
+            names = {r[0] for r in self.conn.execute("SELECT name FROM models")}
             raise CostdbError(f"model {model!r} is not in {self.path}"
+                              + did_you_mean(model, sorted(names) + known)
                               + (f"; stored models: {', '.join(known)}" if known
                                  else "; run 'costdb profile --model ...' first"))
         if len(rows) > 1:
@@ -782,8 +785,10 @@ class Database:
                          session: int | None = None) -> int | None:
         """The one settings id a cost table of ``model`` on ``device`` is built from.
 
-        ``settings``: None (the only fingerprint the model's measurements have; refused with a
-        one-line CostdbError naming the differing settings when there are several), ``"latest"``
+        ``settings``: None (the only fingerprint the model's measurements have, or the only one
+        that covers all of the model's ops when others cover a few ops it shares with other
+        models; refused with a one-line CostdbError naming the differing settings when several
+        remain), ``"latest"``
         (the settings of the newest measurement), an id or a fingerprint (prefix). ``session``
         restricts the choice to that session's measurements.
         """
@@ -820,6 +825,13 @@ class Database:
             return rec.id
         if len(ids) <= 1:
             return ids[0] if ids else None
+        if m is not None and session is None:
+            # ops shared with another model (an SGD update of a bias of the same shape) may
+            # have been measured under that model's settings: one fingerprint that covers every
+            # op of this model is the unambiguous choice, the partial ones are not a conflict
+            complete = [i for i in ids if n_ops[i] >= (m.n_signatures or 0) > 0]
+            if len(complete) == 1:
+                return complete[0]
         recs = [self.get_settings(i) if i is not None else SettingsRecord() for i in ids]
         diff = differing(recs)
         listed = "; ".join(f"#{i if i is not None else '?'} {describe(r, diff)}, " +
@@ -941,6 +953,33 @@ class Database:
             "SELECT DISTINCT g.model_id FROM graph_nodes g JOIN current_measurements m"
             " ON m.signature = g.signature AND m.device = ? ORDER BY g.model_id", (device,))]
 
+    def devices_with_data(self) -> list[str]:
+        """Every device the file holds anything for: a device record (it was profiled), or
+        schedules, sweeps or Pareto points (it was only solved for, from catalog figures)."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT name FROM devices UNION SELECT device FROM schedules WHERE device IS NOT NULL"
+            " UNION SELECT device FROM sweeps WHERE device IS NOT NULL"
+            " UNION SELECT device FROM pareto_points WHERE device IS NOT NULL ORDER BY 1")]
+
+    def models_with_data(self, device: str) -> list[int]:
+        """Ids of the models profiled on ``device`` (a session of the model measured something
+        there) or with schedules, sweeps or Pareto points on it: what a report of the device
+        covers. A model that merely shares an op with a profiled one (an SGD update of a bias
+        of the same shape) is not listed."""
+        return [r[0] for r in self.conn.execute(
+            "SELECT s.model_id FROM sessions s WHERE s.device = ? AND s.model_id IS NOT NULL"
+            " AND EXISTS (SELECT 1 FROM measurements m WHERE m.session_id = s.id)"
+            " UNION SELECT model_id FROM schedules WHERE device = ? AND model_id IS NOT NULL"
+            " UNION SELECT model_id FROM sweeps WHERE device = ? AND model_id IS NOT NULL"
+            " UNION SELECT model_id FROM pareto_points WHERE device = ? AND model_id IS NOT NULL"
+            " ORDER BY 1", (device,) * 4)]
+
+    def node_costs_unmeasured(self, model: str | int) -> "pd.DataFrame":
+        """The columns of a cost table (``costs``) for a device that was never profiled: every
+        node of ``model``, costs NaN, status None."""
+        mid = self.resolve_model(model)
+        return self._cost_frame("", mid, None, KINDS[0])
+
     def provenance_counts(self, device: str) -> dict[str, dict[str, int]]:
         """How many current measurements (and iterations) of ``device`` have each provenance:
         ``{"runtime": {...}, "energy": {...}, "iteration": {...}}``."""
@@ -1002,6 +1041,50 @@ class Database:
         return [from_row(ParetoPointRecord, r) for r in self._select(
             "pareto_points", device=device, model_id=model_id, sweep_id=sweep_id)]
 
+    # --- executed schedules ------------------------------------------------------------------------
+
+    def add_run(self, rec: RunRecord) -> int:
+        """Store one executed schedule (its check passed: RunRecord refuses anything else)."""
+        self.schedule(rec.schedule_id)          # a clear error for an unknown schedule
+        with self.conn:
+            return self._insert("runs", to_row(rec))
+
+    def run(self, run_id: int) -> RunRecord:
+        rows = self._rows("SELECT * FROM runs WHERE id = ?", (run_id,))
+        if not rows:
+            raise CostdbError(f"run {run_id} is not in {self.path}; list them with 'costdb runs'")
+        return from_row(RunRecord, rows[0])
+
+    def run_list(self, device: str | None = None, schedule_id: int | None = None,
+                 model_id: int | None = None) -> list[RunRecord]:
+        return [from_row(RunRecord, r) for r in self._select(
+            "runs", device=device, schedule_id=schedule_id, model_id=model_id)]
+
+    def runs(self, device: str | None = None) -> "pd.DataFrame":
+        """Executed schedules, predicted beside measured, with the schedule's budget, mode and
+        sweep (one row per run)."""
+        sql = ("SELECT r.*, s.sweep_id, s.deadline_s, s.granularity, m.key AS model "
+               "FROM runs r JOIN schedules s ON s.id = r.schedule_id "
+               "LEFT JOIN models m ON m.id = r.model_id")
+        args: tuple = ()
+        if device:
+            sql, args = sql + " WHERE r.device = ?", (device,)
+        return self._frame(sql + " ORDER BY r.id", args)
+
+    def add_storage_profile(self, rec: StorageProfileRecord) -> int:
+        with self.conn:
+            return self._insert("storage_profiles", to_row(rec))
+
+    def storage_profile_list(self, device: str | None = None) -> list[StorageProfileRecord]:
+        return [from_row(StorageProfileRecord, r) for r in self._select("storage_profiles",
+                                                                        device=device)]
+
+    def storage_profiles(self, device: str | None = None) -> "pd.DataFrame":
+        sql, args = "SELECT * FROM storage_profiles", ()
+        if device:
+            sql, args = sql + " WHERE device = ?", (device,)
+        return self._frame(sql + " ORDER BY id", args)
+
     def _select(self, table: str, **eq: Any) -> list[dict[str, Any]]:
         where = [(k, v) for k, v in eq.items() if v is not None]
         sql = f"SELECT * FROM {table}"
@@ -1046,15 +1129,20 @@ class Database:
     def resolve_kind(self, device: str, model: str | int, kind: str = AUTO,
                      settings: int | str | None = None, session: int | None = None) -> str:
         """The measurement kind a cost table uses. ``auto``: ``in_context`` when the model has
-        in-context measurements on ``device`` (under ``settings`` when it names one, in
-        ``session`` when given), else ``isolated``."""
+        in-context measurements on ``device`` traced in the model itself (under ``settings``
+        when it names one, in ``session`` when given), else ``isolated``. An op another model
+        shares (an SGD update of the same bias shape) and that was traced there does not make a
+        model in-context: its table would be one node in-context and the rest unmeasured."""
         if kind not in ESTIMATES:
             raise CostdbError(f"unknown estimate {kind!r}; use {', '.join(ESTIMATES)}")
         if kind != AUTO:
             return kind
+        mid = self.resolve_model(model)
         where = ["m.device = ?", "m.kind = 'in_context'", "m.status = 'ok'",
-                 "m.signature IN (SELECT signature FROM graph_nodes WHERE model_id = ?)"]
-        args: list[Any] = [device, self.resolve_model(model)]
+                 "m.signature IN (SELECT signature FROM graph_nodes WHERE model_id = ?)",
+                 # traced in this model (a session that names no model may have been)
+                 "m.session_id IN (SELECT id FROM sessions WHERE model_id = ? OR model_id IS NULL)"]
+        args: list[Any] = [device, mid, mid]
         if settings is not None and str(settings).strip().lower() != LATEST:
             where.append("m.settings_id = ?")
             args.append(self.get_settings(settings).id)

@@ -19,7 +19,8 @@ from typing import Any, Mapping, TypeVar
 
 __all__ = ["PROVENANCES", "KINDS", "STATUSES", "DONE_STATUSES", "now_iso", "to_row", "from_row",
            "DeviceRecord", "SessionRecord", "OpRecord", "Measurement", "ModelRecord",
-           "IterationRecord", "SweepRecord", "ScheduleRecord", "ParetoPointRecord"]
+           "IterationRecord", "SweepRecord", "ScheduleRecord", "ParetoPointRecord", "RunRecord",
+           "StorageProfileRecord"]
 
 PROVENANCES = ("measured", "modeled", "emulated")
 #: measurement kinds: the op alone in a calibrated loop, or attributed from traced real iterations
@@ -57,6 +58,98 @@ def _freeze(v: Any) -> Any:
     if isinstance(v, list):
         return tuple(_freeze(x) for x in v)
     return v
+
+
+@dataclass(frozen=True)
+class RunRecord:
+    """``runs``: one execution of a stored schedule on a device (``costdb run``): the solver's
+    prediction beside what was measured, and the check against a plain iteration. Only runs whose
+    check passed are stored (``check_passed`` is always true; the column says so explicitly)."""
+
+    schedule_id: int
+    device: str
+    model_id: int | None
+    mode: str | None = None
+    status: str = "ok"
+    compute_unit: str | None = None
+    storage_path: str | None = None
+    iterations: int | None = None
+    warmups: int | None = None
+    predicted_runtime_s: float | None = None
+    runtime_s: float | None = None
+    runtime_min_s: float | None = None
+    runtime_max_s: float | None = None
+    compute_s: float | None = None
+    pagein_s: float | None = None
+    pageout_s: float | None = None
+    #: median time of the plain iteration (loss.backward()) the check ran, untimed otherwise
+    plain_runtime_s: float | None = None
+    predicted_peak_bytes: int | None = None
+    peak_memory_bytes: int | None = None
+    fixed_bytes: int | None = None
+    predicted_activation_peak_bytes: int | None = None
+    activation_peak_bytes: int | None = None
+    saved_state_peak_bytes: int | None = None
+    process_peak_bytes: int | None = None
+    process_base_bytes: int | None = None
+    process_peak_kind: str | None = None
+    budget_bytes: int | None = None
+    predicted_pageout_bytes: int | None = None
+    pageout_bytes: int | None = None
+    predicted_pagein_bytes: int | None = None
+    pagein_bytes: int | None = None
+    files_written: int | None = None
+    recomputes: int | None = None
+    pageins: int | None = None
+    pageouts: int | None = None
+    predicted_energy_j: float | None = None
+    energy_j: float | None = None
+    energy_provenance: str | None = None
+    energy_sensor: str | None = None
+    check_passed: bool = _bool(True)
+    bit_exact: bool | None = _bool(None)
+    max_abs_diff: float | None = None
+    tolerance: float | None = None
+    deterministic: bool | None = _bool(None)
+    torch_version: str | None = None
+    agent_version: str | None = None
+    threads: int | None = None
+    costs_changed: bool | None = _bool(None)
+    cost_provenance: str | None = None
+    samples: dict[str, Any] = _json("samples_json")
+    extra: dict[str, Any] = _json("extra_json")
+    started_at: str | None = None
+    created_at: str = field(default_factory=now_iso)
+    id: int | None = field(default=None, compare=False, metadata={"key": False})
+
+    def __post_init__(self) -> None:
+        if not self.check_passed:
+            raise ValueError("a run whose check against the plain iteration failed is not stored")
+        for k in ("runtime_s", "compute_s", "pagein_s", "pageout_s", "energy_j"):
+            v = getattr(self, k)
+            if v is not None and not (math.isfinite(v) and v >= 0):
+                raise ValueError(f"run {k} must be finite and >= 0, got {v!r}")
+        if self.energy_provenance is not None and self.energy_provenance not in PROVENANCES:
+            raise ValueError(f"unknown energy provenance {self.energy_provenance!r}")
+
+
+@dataclass(frozen=True)
+class StorageProfileRecord:
+    """``storage_profiles``: paging speed of a device's storage path, measured with real file
+    I/O (written, flushed, fsync-ed, read back)."""
+
+    device: str
+    path: str | None
+    block_bytes: int | None = None
+    total_bytes: int | None = None
+    write_bytes_per_s: float | None = None
+    read_bytes_per_s: float | None = None
+    write_latency_s: float | None = None
+    read_latency_s: float | None = None
+    provenance: str = "measured"
+    samples: dict[str, Any] = _json("samples_json")
+    created_at: str = field(default_factory=now_iso)
+    id: int | None = field(default=None, compare=False, metadata={"key": False})
 
 
 def to_row(rec: Any) -> dict[str, Any]:

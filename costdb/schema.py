@@ -209,7 +209,39 @@ CREATE INDEX idx_op_claims_session ON op_claims(session_id);
 CREATE INDEX idx_sessions_status ON sessions(status);
 """
 
-MIGRATIONS: list[str] = [V1_CORE, V2_NET_ENERGY, V3_SCHEDULES, V4_SETTINGS, V5_CLAIMS]
+#: v6: executed schedules (``costdb run``): predicted vs measured per run, with the correctness
+#: check against a plain iteration; and measured secondary-storage profiles (paging speed).
+V6_RUNS = """
+CREATE TABLE runs (
+    id INTEGER PRIMARY KEY, schedule_id INTEGER NOT NULL REFERENCES schedules(id),
+    device TEXT NOT NULL, model_id INTEGER REFERENCES models(id), mode TEXT, status TEXT NOT NULL,
+    compute_unit TEXT, storage_path TEXT, iterations INTEGER, warmups INTEGER,
+    predicted_runtime_s REAL, runtime_s REAL, runtime_min_s REAL, runtime_max_s REAL,
+    compute_s REAL, pagein_s REAL, pageout_s REAL, plain_runtime_s REAL,
+    predicted_peak_bytes INTEGER, peak_memory_bytes INTEGER, fixed_bytes INTEGER,
+    predicted_activation_peak_bytes INTEGER, activation_peak_bytes INTEGER,
+    saved_state_peak_bytes INTEGER, process_peak_bytes INTEGER, process_base_bytes INTEGER,
+    process_peak_kind TEXT, budget_bytes INTEGER,
+    predicted_pageout_bytes INTEGER, pageout_bytes INTEGER, predicted_pagein_bytes INTEGER,
+    pagein_bytes INTEGER, files_written INTEGER, recomputes INTEGER, pageins INTEGER,
+    pageouts INTEGER,
+    predicted_energy_j REAL, energy_j REAL, energy_provenance TEXT, energy_sensor TEXT,
+    check_passed INTEGER NOT NULL, bit_exact INTEGER, max_abs_diff REAL, tolerance REAL,
+    deterministic INTEGER, torch_version TEXT, agent_version TEXT, threads INTEGER,
+    costs_changed INTEGER, cost_provenance TEXT, samples_json TEXT, extra_json TEXT,
+    started_at TEXT, created_at TEXT
+);
+CREATE INDEX idx_runs_schedule ON runs(schedule_id);
+CREATE INDEX idx_runs_device_model ON runs(device, model_id);
+CREATE TABLE storage_profiles (
+    id INTEGER PRIMARY KEY, device TEXT NOT NULL, path TEXT, block_bytes INTEGER,
+    total_bytes INTEGER, write_bytes_per_s REAL, read_bytes_per_s REAL, write_latency_s REAL,
+    read_latency_s REAL, provenance TEXT NOT NULL, samples_json TEXT, created_at TEXT
+);
+CREATE INDEX idx_storage_profiles_device ON storage_profiles(device);
+"""
+
+MIGRATIONS: list[str] = [V1_CORE, V2_NET_ENERGY, V3_SCHEDULES, V4_SETTINGS, V5_CLAIMS, V6_RUNS]
 LATEST = len(MIGRATIONS)
 
 

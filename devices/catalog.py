@@ -224,5 +224,7 @@ def get_profile(name: str, inventory: Any = None) -> DeviceProfile:
         known = list(profiles)
         if inventory is not None:
             known = sorted(set(known) | set(inventory.devices))
-        raise CostdbError(f"unknown device {name!r}; known devices: {', '.join(known)}")
+        from costdb.errors import did_you_mean
+        raise CostdbError(f"unknown device {name!r}{did_you_mean(name, known)}; known devices: "
+                          f"{', '.join(known)}")
     return profiles[name]

@@ -110,6 +110,8 @@ COMMON_SCHEMA: dict[str, tuple[Check, str]] = {
     "sensor_options": _TABLE,
     "sysfs_root": _PATH,
     "threads": _int_range(1, 4096),
+    "storage_path": _PATH,
+    "compute_unit": (lambda v: v in ("cpu", "cuda"), "'cpu' or 'cuda'"),
 }
 ALL_KEYS = sorted(set(SSH_SCHEMA) | set(SERIAL_SCHEMA) | set(COMMON_SCHEMA))
 

@@ -38,6 +38,24 @@ class LocalAgent:
     def measure(self, spec: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
         return measure.measure_op(spec, settings, self.compute_unit, self.meter)
 
+    def run_schedule(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Run a schedule (``costdb run``): ``devices.agent.execute.execute`` in this process."""
+        from devices.agent.execute import ExecutionError, run_request
+        from costdb.errors import CostdbError
+        try:
+            return run_request(request, self.meter)
+        except ExecutionError as e:
+            raise CostdbError(f"device local: {type(e).__name__}: {e}") from None
+
+    def storage(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Measure the paging speed of the storage path (``costdb storage``)."""
+        from devices.agent.execute import ExecutionError, measure_storage
+        from costdb.errors import CostdbError
+        try:
+            return measure_storage(request)
+        except (ExecutionError, OSError) as e:
+            raise CostdbError(f"device local: {e}") from None
+
     def close(self) -> None:
         import torch
         if self.meter is not None and hasattr(self.meter, "close"):

@@ -45,8 +45,8 @@ def check_reachable(name: str, inventory: Inventory, timeout: float = 3.0) -> tu
         try:
             with socket.create_connection((host, port), timeout=timeout) as s:
                 banner = s.recv(64).decode("ascii", "replace").strip()
-        except OSError as e:
-            return False, f"{host}:{port} {e.strerror or e}"
+        except (OSError, UnicodeError, ValueError) as e:   # a bad name fails in the IDNA codec
+            return False, f"{host}:{port} {getattr(e, 'strerror', None) or e}"
         # the port answers: log in for real (host key verified, key accepted), run nothing
         try:
             from devices.ssh import SshSession, resolve_target

@@ -320,7 +320,7 @@ def _connect_client(target: SshTarget, sock: Any = None) -> paramiko.SSHClient:
         raise CostdbError(f"device {t.device!r}: cannot reach {t.address}: timed out after "
                           f"{t.connect_timeout:g} s; check the device is on and on the network, or "
                           "fix hostname/port in the inventory") from None
-    except (OSError, paramiko.SSHException, EOFError) as e:
+    except (OSError, paramiko.SSHException, EOFError, UnicodeError) as e:
         client.close()
         reason = getattr(e, "strerror", None) or _one_line(str(e), 120) or type(e).__name__
         raise CostdbError(f"device {t.device!r}: cannot reach {t.address}: {reason}; check the "
@@ -752,6 +752,12 @@ class SshAgent:
         if e.status == 126:
             return CostdbError(f"device {dev!r}: {py} is not executable on the device; fix python = "
                                "in the inventory")
+        if illegal_instruction(e):
+            return CostdbError(f"device {dev!r}: {py} crashed with SIGILL (illegal instruction) "
+                               f"starting the agent{_crash_site(e.stderr)}: its torch build uses CPU "
+                               "instructions this device lacks (a Cortex-A72/Pi 4B is ARMv8.0-A); "
+                               "install a torch release built for it (docs/emulated.md lists the "
+                               "ones that work)")
         if e.status in (124, 137) and "PyTorch is not installed" not in err:
             # the remote `timeout` ended it (124) or killed it after the grace period (137)
             return CostdbError(f"device {dev!r}: timed out: '{py} {self.agent_path}' was stopped "
@@ -762,12 +768,6 @@ class SshAgent:
             return CostdbError(f"device {dev!r}: the cached agent {self.agent_path} changed "
                                "between upload and start (it does not match its hash); it was "
                                "not run: check who else writes to remote_dir")
-        if illegal_instruction(e):
-            return CostdbError(f"device {dev!r}: {py} crashed with SIGILL (illegal instruction) "
-                               f"starting the agent{_crash_site(e.stderr)}: its torch build uses CPU "
-                               "instructions this device lacks (a Cortex-A72/Pi 4B is ARMv8.0-A); "
-                               "install a torch release built for it (docs/emulated.md lists the "
-                               "ones that work)")
         if e.status == 3 and "PyTorch is not installed" in err:
             return CostdbError(f"device {dev!r}: PyTorch is missing for {py} on the device; install "
                                "it ('pip3 install torch'; on a Jetson: NVIDIA's JetPack torch wheel)")
@@ -950,6 +950,29 @@ class SshAgent:
             return {"signature": spec.get("signature"), "status": "error",
                     "error": f"the agent died twice {what} ({_one_line(str(e), 120)}); {why}",
                     "runtime_provenance": self.runtime_provenance}
+
+    def run_schedule(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Run a schedule on the device (agent ``execute``, docs/protocol.md). Not retried: a
+        half-run iteration is not resumable, and the device removes its run directory."""
+        timeout = float(request.get("timeout") or max(self.target.timeout, 600.0))
+        req = {"cmd": "execute", **request, "device": request.get("device") or self.compute_unit}
+        try:
+            return self._request(req, timeout, "executing the schedule")["result"]
+        except RequestTimeout:
+            self._kill_agent()
+            raise CostdbError(f"device {self.device!r}: the schedule did not finish within "
+                              f"{timeout:g} s; raise timeout = in the inventory") from None
+        except (AgentDied, LinkLost) as e:
+            raise CostdbError(f"device {self.device!r}: the agent stopped while executing the "
+                              f"schedule ({_one_line(str(e), 120)}); out of memory?") from None
+
+    def storage(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Measure the paging speed of the device's storage path (agent ``storage``)."""
+        timeout = float(request.get("timeout") or max(self.target.timeout, 300.0))
+        try:
+            return self._call({"cmd": "storage", **request}, timeout, "measuring storage")["result"]
+        except (AgentDied, RequestTimeout) as e:
+            raise CostdbError(f"device {self.device!r}: measuring storage failed ({e})") from None
 
     def _reconnect_or_restart(self) -> None:
         if self.session.active():

@@ -24,4 +24,11 @@ class AgentConnection(Protocol):
         """Measure one op spec; returns the agent result dict (status ok / unsupported /
         does_not_fit / error, runtime stats, peak_memory_bytes, output_bytes, energy...)."""
 
+    def run_schedule(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Execute a schedule (``costdb run``; agent request ``execute``, docs/execute.md).
+        local and ssh only: the Cortex-M firmware has no executor."""
+
+    def storage(self, request: dict[str, Any]) -> dict[str, Any]:
+        """Measure the paging speed of the storage path (agent request ``storage``)."""
+
     def close(self) -> None: ...

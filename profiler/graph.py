@@ -329,10 +329,13 @@ def build_graph(module: nn.Module, input_shape: Shape, batch: int = 8, name: str
     """
     if batch < 1:
         raise CostdbError(f"batch must be a positive integer, got {batch}")
-    if dtype not in ("float32", "float16", "bfloat16", "float64"):
-        raise CostdbError(f"dtype {dtype!r} is not supported for torch graphs; use float32")
+    if dtype not in ("float32", "float16", "bfloat16", "float64", "int8"):
+        raise CostdbError(f"dtype {dtype!r} is not supported for torch graphs; use float32 "
+                          f"(or int8 for the Cortex-M firmware)")
     module = module.train()
-    tdtype = {v: k for k, v in DTYPE_NAMES.items()}[dtype]
+    # int8: the quantised training graph the Cortex-M firmware runs (docs/firmware.md): the same
+    # ops and shapes, traced in float32, with 1-byte tensors
+    tdtype = {v: k for k, v in DTYPE_NAMES.items()}["float32" if dtype == "int8" else dtype]
     module = module.to(tdtype)
     shape = (batch, *input_shape)
     if input_dtype == "int64":
@@ -340,7 +343,7 @@ def build_graph(module: nn.Module, input_shape: Shape, batch: int = 8, name: str
     else:
         example = torch.randn(shape, dtype=tdtype)
     with torch.no_grad():
-        fwd_ops, out = _trace_forward(module, example, dtype)
+        fwd_ops, out = _trace_forward(module, example, "float32" if dtype == "int8" else dtype)
 
     nodes: list[Node] = []
 
@@ -409,7 +412,13 @@ def build_graph(module: nn.Module, input_shape: Shape, batch: int = 8, name: str
                 deps += [fwd_idx[v.producer] for v in op.inputs if v.producer is not None]
             if "out" in saved:
                 deps.append(fwd_idx[i])
-            grad_bytes = sum(_nbytes(op.input_shapes[j], dtype) for j in needs)
+            # the gradient reaching a producer has the producer's shape, whatever view sits in
+            # between (a slice's backward writes into zeros of the full tensor); one per producer
+            first_input = {}
+            for j in needs:
+                first_input.setdefault(op.inputs[j].producer, j)
+            grad_bytes = sum(_nbytes(op.input_shapes[j] if p is None else fwd_ops[p].output_shape, dtype)
+                             for p, j in first_input.items())
             b = add(f"{op.name}:bwd_data", op.layer, op.op, "bwd_data", deps, op.input_shapes,
                     op.input_shapes[needs[0]], op.params, op.attrs, grad_inputs=needs,
                     out_bytes=grad_bytes, fwd_output=op.output_shape)

@@ -12,6 +12,7 @@ compare``).
 from __future__ import annotations
 
 import contextlib
+import os
 from pathlib import Path
 from dataclasses import dataclass, field
 from typing import Any, Callable
@@ -48,8 +49,34 @@ class ProfileResult:
     in_context: dict[str, Any] | None = None
     #: the settings fingerprint (``settings`` row id) the measurements were taken under
     settings_id: int | None = None
+    #: why the thread count was chosen for the caller (``default_threads``), if it was
+    threads_note: str | None = None
     #: planned ops another profile running at the same time measured (not measured here)
     concurrent: int = 0
+
+
+def default_threads(db: Any, device: str, transport: str,
+                    cpus: list[int] | None) -> tuple[int | None, str | None]:
+    """The intra-op thread count when none is given, and a note saying why (or None).
+
+    Resuming keeps the fingerprint: the threads of the device's latest session in the database.
+    Otherwise, on a busy host (load average above half its cores) 1 thread: with several, each
+    op waits at every parallel region for threads the other load has descheduled (ResNet-18 ops
+    8-65x slower at 2 threads than at 1 on the loaded 2-core VM, docs/benchmarks.md). On a quiet
+    host, and on remote devices, torch's default (all cores): None."""
+    if transport != "local":
+        return None, None
+    for rec in reversed(db.session_list(device)):
+        t = (rec.facts or {}).get("threads") or (rec.environment or {}).get("threads")
+        if isinstance(t, int) and t > 0:
+            return t, None              # the same settings fingerprint: the run resumes
+    cores = len(cpus) if cpus else len(os.sched_getaffinity(0))
+    load = os.getloadavg()[0]
+    if cores > 1 and load > BUSY_LOAD_PER_CORE * cores:
+        return 1, (f"this machine is busy (load average {load:.2f} on {cores} cores): measured "
+                   "with 1 intra-op thread, since several threads wait on each other when the "
+                   "load deschedules them and timings turn into noise; --threads N overrides")
+    return None, None
 
 
 def attribute_energy(result: dict[str, Any], profile: DeviceProfile,
@@ -81,8 +108,16 @@ def noise_warnings(facts: dict[str, Any]) -> list[str]:
     load = facts.get("loadavg")
     cores = facts.get("cores") or 1
     if load and load[0] > BUSY_LOAD_PER_CORE * cores:
-        out.append(f"the machine is busy (load average {load[0]:.2f} on {cores} cores): "
-                   "timings may be noisy; stop other work or pin with --cpus")
+        threads = facts.get("threads")
+        if isinstance(threads, int) and threads > 1:
+            out.append(f"the machine is busy (load average {load[0]:.2f} on {cores} cores) and "
+                       f"torch runs {threads} intra-op threads: each op waits for threads the "
+                       "other load deschedules, so timings turn into noise (10-300x slower at 2 "
+                       "threads on a loaded 2-core VM); profile with --threads 1 or stop the "
+                       "other work (pinning with --cpus does not help)")
+        else:
+            out.append(f"the machine is busy (load average {load[0]:.2f} on {cores} cores): "
+                       "timings may be noisy; stop the other work for the closest figures")
     thr = facts.get("throttled")
     if isinstance(thr, dict) and thr.get("throttled_now"):
         out.append(f"the device reports throttling now ({thr.get('raw')}): cool it down first")
@@ -240,7 +275,7 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
             batch: int | None = None, input_shape: tuple[int, ...] | None = None,
             dtype: str = "float32", force: bool = False, cpus: list[int] | None = None,
             threads: int | None = None, settings: dict[str, Any] | None = None,
-            inventory: Inventory | str | None = None, iteration: bool = False,
+            inventory: Inventory | str | None = None, iteration: bool | None = False,
             in_context: bool | None = False, progress: Callable[..., Any] | None = None,
             on_warning: Callable[[str], None] | None = None,
             connect_options: dict[str, Any] | None = None,
@@ -262,6 +297,19 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
     """
     inv = _resolve_inventory(inventory)
     entry = entry_for(device, inv)
+    if (graph_dtype := getattr(model, "dtype", dtype)) == "int8" and entry.transport != "serial":
+        raise CostdbError(f"int8 training graphs are measured by the Cortex-M firmware only "
+                          f"(serial devices); {device} is a {entry.transport} device: use "
+                          f"--dtype float32")
+    iteration_possible = entry.transport == "local" and not isinstance(model, TrainingGraph)
+    if iteration and not iteration_possible:
+        raise CostdbError(
+            f"--iteration times whole training iterations on this host (the local device, a zoo "
+            f"or file model); " + (f"{device} is reached over {entry.transport}, its agent measures "
+                                   "single ops" if entry.transport != "local" else
+                                   "a stored graph has no module to train")
+            + "; drop --iteration (the default measures iterations where it can)")
+    iteration = iteration_possible if iteration is None else iteration
     preflight(Path(db_path), create=True)
     graph = model if isinstance(model, TrainingGraph) else model_graph(model, batch, input_shape,
                                                                       dtype=dtype)
@@ -274,6 +322,9 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
         db.close_stale_sessions(device)
         emit = progress or (lambda *a, **k: None)
         warn = on_warning or (lambda msg: None)
+        threads_note = None
+        if threads is None:
+            threads, threads_note = default_threads(db, device, entry.transport, cpus)
         with connect(entry, cpus=cpus, threads=threads, options=connect_options) as agent:
             hello = agent.hello()
             facts = hello.get("facts", {})
@@ -288,7 +339,7 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
             plan = [s for s in graph.distinct_specs() if s["signature"] not in done]
             result = ProfileResult(device, graph.key, None, len(plan), 0,
                                    len(graph.signatures()) - len(plan), "complete",
-                                   settings_id=settings_id)
+                                   settings_id=settings_id, threads_note=threads_note)
             ic_todo = False
             if in_context is not False:
                 if in_context_supported(entry.transport, model):
@@ -345,7 +396,7 @@ def profile(db_path: str, device: str = "local", model: str | TrainingGraph = "r
                     result.in_context = _in_context_step(db, device, sid, settings_id, model_id,
                                                          model, graph, settings, entry.profile,
                                                          emit)
-                if iteration and entry.transport == "local" and not isinstance(model, TrainingGraph):
+                if iteration:
                     from profiler.iteration import measure_iteration
                     emit("iteration", device=device)
                     it = measure_iteration(model, batch, input_shape, dtype=dtype)

@@ -346,8 +346,9 @@ def instantiate(model: str, input_shape: tuple[int, ...] | None = None,
         return ModelInstance(name, module, tuple(input_shape), 8)
     zm = MODELS.get(model)
     if zm is None:
-        raise CostdbError(f"unknown model {model!r}; known models: {', '.join(MODELS)} "
-                          "(or path/to/file.py:factory)")
+        from costdb.errors import did_you_mean
+        raise CostdbError(f"unknown model {model!r}{did_you_mean(model, MODELS)}; known models: "
+                          f"{', '.join(MODELS)} (or path/to/file.py:factory)")
     shape = tuple(input_shape or zm.default_input)
     module = zm.make(shape, num_classes)
     high = module.tok.num_embeddings if zm.input_dtype == "int64" else None

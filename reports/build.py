@@ -16,6 +16,7 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import time
 from collections import Counter
 from pathlib import Path
@@ -27,8 +28,8 @@ from markupsafe import Markup, escape
 
 import costdb
 from costdb.files import write_text_atomic
-from costdb.errors import CostdbError
-from costdb.records import ParetoPointRecord, ScheduleRecord, SessionRecord
+from costdb.errors import CostdbError, did_you_mean
+from costdb.records import DeviceRecord, ParetoPointRecord, ScheduleRecord, SessionRecord
 from costdb.units import fmt_bytes, fmt_joules, fmt_seconds
 from reports import figures
 
@@ -97,9 +98,32 @@ def _provenances(values: Iterable[Any]) -> list[dict[str, Any]]:
 
 # --- device header -------------------------------------------------------------------------------
 
+def _catalog_device(device: str) -> DeviceRecord:
+    """The record of a device that was solved for but never profiled: its catalog profile (the
+    figures the solver used), or just the name for a device the catalog does not know."""
+    from devices.catalog import get_profile
+    try:
+        p = get_profile(device)
+    except CostdbError:
+        return DeviceRecord(name=device)
+    return DeviceRecord(name=device, board=p.board, cpu=p.cpu, arch=p.arch, transport=p.transport,
+                        profile=p.to_dict())
+
+
+def _fact(key: str, value: Any) -> tuple[str, str]:
+    """A reported fact as a (label, text) row: units from the key's suffix (``clock_hz``,
+    ``ram_bytes``), so a firmware's facts read like the host's."""
+    label = key.replace("_", " ")
+    if isinstance(value, (int, float)) and key.endswith("_hz"):
+        return label[:-3], f"{value / 1e6:.4g} MHz"
+    if isinstance(value, (int, float)) and key.endswith("_bytes"):
+        return label[:-6], fmt_bytes(value)
+    return label, str(value)
+
+
 def _device_facts(db: costdb.Database, device: str,
                   sessions: list[SessionRecord]) -> dict[str, Any]:
-    dev = db.require_device(device)
+    dev = db.device(device) or _catalog_device(device)
     board, cpu, arch, transport = dev.board, dev.cpu, dev.arch, dev.transport
     first_seen, last_seen = dev.first_seen, dev.last_seen
     prof = dev.profile
@@ -133,7 +157,9 @@ def _device_facts(db: costdb.Database, device: str,
     sources = sorted((str(k), str(v)) for k, v in (prof.get("sources") or {}).items())
     # What the agent reported in the latest session
     observed: list[tuple[str, str]] = []
+    latest = None
     if sessions:
+        latest = sessions[-1].id
         f = sessions[-1].facts
         for key, label in (("cpu_model", "CPU model"), ("cores", "cores"), ("machine", "machine"),
                            ("mem_total_bytes", "memory"), ("kernel", "kernel"), ("python", "python"),
@@ -148,7 +174,17 @@ def _device_facts(db: costdb.Database, device: str,
         if f.get("temperatures_c"):
             observed.append(("temperatures", ", ".join(f"{k} {v} °C" for k, v in
                                                        sorted(f["temperatures_c"].items()))))
+        # what a firmware agent reports (board, clock, firmware version...) has other keys:
+        # show its plain facts rather than claim there is no session
+        if len(observed) < 3:
+            shown = {k for k, _ in observed}
+            for k, v in sorted(f.items()):
+                if isinstance(v, (str, int, float)) and not isinstance(v, bool) and str(v) \
+                        and k not in shown and len(observed) < 14:
+                    observed.append(_fact(k, v))
     return {"facts": facts, "catalog": catalog, "sources": sources, "observed": observed,
+            "latest_session": latest, "profiled": db.device(device) is not None,
+            "transport": transport or "",
             "description": prof.get("description") or ""}
 
 
@@ -175,8 +211,12 @@ def _session_rows(sessions: list[SessionRecord], model_keys: dict[int, str]) -> 
             environment.append(f"threads {env.get('threads') or f.get('threads')}")
         if r.host:
             environment.append(f"host {r.host}")
+        summary = ", ".join(x for x in (
+            f"torch {f['torch']}" if f.get("torch") else "",
+            f"{env.get('threads') or f.get('threads')} threads" if env.get("threads") or f.get("threads") else "",
+            f"#{r.settings_id}" if r.settings_id is not None else "") if x) or "details"
         rows.append({
-            "id": r.id, "status": r.status or "", "started": r.started_at or "",
+            "id": r.id, "status": r.status or "", "started": r.started_at or "", "summary": summary,
             "ended": r.ended_at or "",
             "model": model_keys.get(r.model_id, str(r.model_id)) if r.model_id is not None else "-",
             "planned": "-" if r.planned is None else r.planned,
@@ -264,7 +304,7 @@ def _distinct_html(rows: list[dict[str, Any]]) -> Markup:
     for r in rows:
         out.append(
             f'<tr{_UNSTABLE if r["unstable"] else ""}><td>{escape(r["op"])}</td>'
-            f'<td>{escape(r["phase"])}</td><td>{escape(r["shapes"])}</td><td class="n">{r["uses"]}</td>'
+            f'<td>{escape(r["phase"])}</td><td class="wrap">{escape(r["shapes"])}</td><td class="n">{r["uses"]}</td>'
             f'{_ncell(r["rt"], fmt_seconds)}{_ncell(r["sd"], fmt_seconds)}{_ncell(r["iqr"], fmt_seconds)}'
             f'{_ncell(r["cv"], _pct)}<td class="n">{"-" if r["samples"] is None else int(r["samples"])}</td>'
             f'{_ncell(r["mem"], fmt_bytes)}{_ncell(r["en"], fmt_joules)}'
@@ -285,13 +325,17 @@ def _nodes_html(rows: list[dict[str, Any]]) -> Markup:
     return Markup("\n".join(out))
 
 
-def _top_chart(rows: list[dict[str, Any]], key: str, fmt, title: str) -> str | None:
+def _top_chart(rows: list[dict[str, Any]], key: str, fmt, title: str,
+               binary: bool = False) -> str | None:
     ranked = sorted((r for r in rows if r[key] is not None and r[key] > 0), key=lambda r: -r[key])[:TOP_N]
     if not ranked:
         return None
     labels = [_op_label(r["op"], r["phase"], r["shapes"]) for r in ranked]
     colors = [figures.PHASE_COLORS.get(r["phase"], "#888") for r in ranked]
-    return figures.top_bars(labels, [r[key] for r in ranked], fmt, title, colors)
+    used = {r["phase"] for r in ranked}
+    legend = {p: c for p, c in figures.PHASE_COLORS.items() if p in used}
+    return figures.top_bars(labels, [r[key] for r in ranked], fmt, title, colors, legend=legend,
+                            binary=binary)
 
 
 def _phase_table(df: pd.DataFrame) -> list[dict[str, Any]]:
@@ -306,9 +350,30 @@ def _phase_table(df: pd.DataFrame) -> list[dict[str, Any]]:
     return out
 
 
+def _costs(db: costdb.Database, device: str, key: str, model_id: int, settings: Any,
+           kind: str) -> tuple[pd.DataFrame, str]:
+    """The cost table of a report section, and a note when it is not the obvious one.
+
+    A device that was only solved for has every node unmeasured. A model profiled under several
+    settings fingerprints shows the latest (a cost table never mixes them) instead of failing
+    the whole report; ``--settings`` chooses another."""
+    if db.device(device) is None:
+        return db.node_costs_unmeasured(model_id), ""
+    if settings is not None:
+        return db.costs(device, key, settings=settings, kind=kind), ""
+    try:
+        return db.costs(device, key, kind=kind), ""
+    except CostdbError:
+        df = db.costs(device, key, settings="latest", kind=kind)
+    sid = df.attrs.get("settings_id")
+    return df, (f"{key} was measured on {device} under several settings fingerprints; these "
+                f"tables show the latest, #{sid} ({db.get_settings(sid).describe()}); choose "
+                f"another with --settings ID ('costdb settings --device {device}' lists them).")
+
+
 def _model_cost_section(db: costdb.Database, device: str, key: str, model_id: int,
                         node_limit: int, settings: Any = None, kind: str = "auto") -> dict[str, Any]:
-    df = db.costs(device, key, settings=settings, kind=kind)
+    df, note = _costs(db, device, key, model_id, settings, kind)
     shapes = db.node_labels(model_id)
     measured = df["status"].eq("ok")
     distinct = _distinct_rows(df, shapes)
@@ -330,13 +395,13 @@ def _model_cost_section(db: costdb.Database, device: str, key: str, model_id: in
         "n_nodes_shown": len(nodes), "nodes_hidden": hidden,
         "phase_table": _phase_table(df),
         "fig_top_runtime": _top_chart(distinct, "rt", fmt_seconds, f"Top {TOP_N} ops by runtime (median)"),
-        "fig_top_energy": _top_chart(distinct, "en", fmt_joules, f"Top {TOP_N} ops by energy"),
-        "fig_top_memory": _top_chart(distinct, "mem", fmt_bytes, f"Top {TOP_N} ops by peak memory"),
+        "fig_top_energy": _top_chart(distinct, "en", fmt_joules, f"Top {TOP_N} ops by energy (gross)"),
+        "fig_top_memory": _top_chart(distinct, "mem", fmt_bytes, f"Top {TOP_N} ops by peak memory", binary=True),
         "fig_phases": figures.phase_breakdown(
             [PHASES[i] for i in present], [by_phase_rt[i] for i in present],
             [by_phase_en[i] for i in present], "Runtime per phase (sum over nodes)",
-            "Energy per phase (sum over nodes)", fmt_seconds, fmt_joules) if measured.any() else None,
-        "has_data": bool(measured.any()),
+            "Gross energy per phase (sum over nodes)", fmt_seconds, fmt_joules) if measured.any() else None,
+        "has_data": bool(measured.any()), "settings_note": note,
         "df": df,
     }
 
@@ -472,8 +537,9 @@ def _point_row(p: ParetoPointRecord) -> dict[str, Any]:
 
 def _solver_section(db: costdb.Database, device: str, key: str, name: str, model_id: int,
                     db_hint: str, node_names: list[str]) -> dict[str, Any]:
-    pareto_cmd = f"costdb pareto --device {device} --model {name}{db_hint}"
-    solve_cmd = f"costdb solve --device {device} --model {name} --memory 256MiB --deadline 2s{db_hint}"
+    dev = shlex.quote(device)
+    pareto_cmd = f"costdb pareto --device {dev} --model {name}{db_hint}"
+    solve_cmd = f"costdb solve --device {dev} --model {name}{db_hint}"
     sec: dict[str, Any] = {"pareto_cmd": pareto_cmd, "solve_cmd": solve_cmd, "points": 0,
                            "fig_energy_runtime": None, "fig_energy_memory": None, "schedules": [],
                            "chosen": None, "fig_grid": None, "grid_note": "", "series": []}
@@ -536,20 +602,42 @@ def _solver_section(db: costdb.Database, device: str, key: str, name: str, model
                          sorted(Counter(p["series"] for p in points).items())]
         sec["fig_energy_runtime"] = figures.pareto(
             [dict(p, x=p["runtime_s"], y=p["energy_j"]) for p in pts_rt], "x", "y",
-            "iteration runtime (s)", "energy per iteration (J)", "Energy vs runtime", chosen=(
+            "iteration runtime (s)", "energy per iteration (J, net of idle)", "Energy vs runtime", chosen=(
                 {"x": ch["runtime_s"], "y": ch["energy_j"]} if ch else None))
         sec["fig_energy_memory"] = figures.pareto(
             [dict(p, x=p["budget"], y=p["energy_j"]) for p in pts_mem], "x", "y",
-            "memory budget (MiB)", "energy per iteration (J)", "Energy vs memory budget",
+            "memory budget (MiB)", "energy per iteration (J, net of idle)", "Energy vs memory budget",
             xscale=1 / 2**20, chosen=({"x": ch["budget"], "y": ch["energy_j"]} if ch else None))
+    _runs_section(db, device, model_id, sec)
     return sec
+
+
+def _runs_section(db: costdb.Database, device: str, model_id: int, sec: dict[str, Any]) -> None:
+    """Executed schedules (``costdb run``): predicted vs measured beside the Pareto front."""
+    recs = db.run_list(device=device, model_id=model_id)
+    sec["runs"] = [{"id": r.id, "schedule": r.schedule_id, "mode": r.mode, "budget": r.budget_bytes,
+                    "pred_runtime": r.predicted_runtime_s, "runtime": r.runtime_s,
+                    "pred_act": r.predicted_activation_peak_bytes, "act": r.activation_peak_bytes,
+                    "pred_out": r.predicted_pageout_bytes, "out": r.pageout_bytes,
+                    "pred_energy": r.predicted_energy_j, "energy": r.energy_j,
+                    "energy_prov": r.energy_provenance, "bit_exact": r.bit_exact} for r in recs]
+    sec["fig_runs"] = None
+    if recs:
+        front = [{"x": p.runtime_s, "y": p.energy_j} for p in
+                 db.pareto_point_list(device=device, model_id=model_id)
+                 if p.pareto and p.mode == "integrated" and not p.baseline]
+        sec["fig_runs"] = figures.executed_runs(
+            front, [{"pred_x": r.predicted_runtime_s, "pred_y": r.predicted_energy_j,
+                     "x": r.runtime_s, "y": r.energy_j, "label": f"#{r.schedule_id}"} for r in recs],
+            "Executed schedules: predicted vs measured")
+        sec["runs_prov"] = _provenances(r.energy_provenance for r in recs)
 
 
 # --- comparison ---------------------------------------------------------------------------------------
 
 def _comparison(db: costdb.Database, model_id: int, key: str, name: str,
                 db_hint: str, settings: Any = None, kind: str = "auto") -> dict[str, Any] | None:
-    devs = db.measured_devices(model_id)
+    devs = [d for d in db.measured_devices(model_id) if model_id in db.models_with_data(d)]
     if len(devs) < 2:
         return None
     rows = []
@@ -557,7 +645,7 @@ def _comparison(db: costdb.Database, model_id: int, key: str, name: str,
     energy: list[float] = []
     iters = db.iterations()
     for dev in devs:
-        df = db.costs(dev, key, settings=settings, kind=kind)
+        df, _ = _costs(db, dev, key, model_id, settings, kind)
         ok = df["status"].eq("ok")
         it = iters[(iters["device"] == dev) & (iters["model"] == key)]
         last = it.iloc[-1] if len(it) else None
@@ -584,11 +672,46 @@ def _comparison(db: costdb.Database, model_id: int, key: str, name: str,
                                                         "update": figures.PHASE_COLORS["update"]},
                                                 stacked=True),
             "fig_energy": figures.grouped_bars(devs, {"energy per iteration": energy},
-                                               f"{name}: energy per iteration", fmt_joules,
+                                               f"{name}: energy per iteration (gross)", fmt_joules,
                                                colors={"energy per iteration": "#e45756"})}
 
 
 # --- top level -------------------------------------------------------------------------------------
+
+def resolve_model(db: costdb.Database, model: str, batch: int | None = None,
+                  input_shape: Any = None) -> int:
+    """The stored model a report covers, from any form ``costdb solve`` accepts: an id, a key,
+    a name (with batch and input to choose a variant) or ``path/to/file.py:factory`` (stored
+    under the name ``file:factory``); no torch is imported."""
+    try:
+        return db.resolve_model(model, batch, input_shape)
+    except CostdbError:
+        path, sep, attr = str(model).rpartition(":")
+        if not (sep and path.endswith(".py")):
+            raise
+    try:
+        return db.resolve_model(f"{Path(path).stem}:{attr}", batch, input_shape)
+    except CostdbError:
+        raise CostdbError(f"model {model!r} is not in {db.path} (stored as "
+                          f"{Path(path).stem + ':' + attr!r}); profile or solve it first: "
+                          f"costdb profile --model {shlex.quote(str(model))} --input CxHxW") from None
+
+
+def model_arg(m: Any, stored: Sequence[Any]) -> str:
+    """``--model`` for a command hint that reads the stored model: its name where that names
+    one variant, else its (quoted) key."""
+    same = [o for o in stored if o.name == m.name]
+    return shlex.quote(m.name if len(same) == 1 else m.key)
+
+
+def profile_model_args(m: Any) -> str:
+    """The ``costdb profile`` options that measure exactly this stored variant: a zoo model by
+    name, batch and input; a file model (``file:factory``, whose path is not stored) by its key,
+    which profiles the stored graph."""
+    if ":" in m.name:
+        return f"--model {shlex.quote(m.key)}"
+    return f"--model {shlex.quote(m.name)} --batch {m.batch} --input {shlex.quote(m.input_shape)}"
+
 
 def _counted(counts: dict[str, int]) -> list[dict[str, Any]]:
     return [{"name": k, "count": n} for k, n in sorted(counts.items())]
@@ -596,12 +719,13 @@ def _counted(counts: dict[str, int]) -> list[dict[str, Any]]:
 
 def collect(db: costdb.Database, devices: Sequence[str] | None = None, model: str | None = None,
             all_devices: bool = False, node_rows: int = NODE_ROWS,
-            db_label: str | None = None, settings: Any = None, kind: str = "auto") -> dict[str, Any]:
+            db_label: str | None = None, settings: Any = None, kind: str = "auto",
+            batch: int | None = None, input_shape: Any = None) -> dict[str, Any]:
     """The template context: one section per device (and model) plus the fleet comparison.
 
     Each cost table is built from one settings fingerprint (``settings``: None when the
     measurements agree, ``"latest"`` or an id; see ``costdb.Database.costs``)."""
-    known = [d.name for d in db.device_list()]
+    known = db.devices_with_data()
     if all_devices:
         devices = known
     devices = list(dict.fromkeys(devices or []))
@@ -616,19 +740,21 @@ def collect(db: costdb.Database, devices: Sequence[str] | None = None, model: st
                               + ", ".join(known))
     for d in devices:
         if d not in known:
-            raise CostdbError(f"device {d!r} has no data in {db.path}"
+            raise CostdbError(f"device {d!r} has no data in {db.path}{did_you_mean(d, known)}"
                               + (f"; devices with data: {', '.join(known)}" if known else ""))
     stored = db.model_list()
     model_keys = {m.id: m.key for m in stored}
     model_names = {m.id: m.name for m in stored}
-    chosen_model = db.resolve_model(model) if model else None
-    hint = f" --db {db_label}" if db_label else ""
+    by_id = {m.id: m for m in stored}
+    chosen_model = resolve_model(db, model, batch, input_shape) if model else None
+    hint = f" --db {shlex.quote(db_label)}" if db_label else ""
     sections = []
     compare_models: list[int] = []
     for dev in devices:
         sessions = db.session_list(dev)
         info = _device_facts(db, dev, sessions)
-        mids = [chosen_model] if chosen_model is not None else db.measured_models(dev)
+        local = info["transport"] == "local"
+        mids = [chosen_model] if chosen_model is not None else db.models_with_data(dev)
         prov = db.provenance_counts(dev)
         all_rt, all_en, it_prov = (_counted(prov[k]) for k in ("runtime", "energy", "iteration"))
         models = []
@@ -641,18 +767,29 @@ def collect(db: costdb.Database, devices: Sequence[str] | None = None, model: st
                 [f"#{k + 1} {r['at'][:16]}" for k, r in enumerate(iters[-6:])],
                 [r["measured"] for r in iters[-6:]], [r["predicted"] for r in iters[-6:]],
                 fmt_seconds) if iters else None
+            profile_cmd = (f"costdb profile --device {shlex.quote(dev)} "
+                           f"{profile_model_args(by_id[mid])}{hint}")
+            # whole iterations train the model's own module on this host: a zoo model on a
+            # local-transport device (a file model's path is not stored)
+            iter_cmd = profile_cmd if local and ":" not in name else None
             models.append({
                 "id": mid, "key": key, "name": name, "anchor": f"d{len(sections)}-m{mid}",
+                "iter_cmd": iter_cmd, "local": local,
+                "export_cmd": f"costdb export --device {shlex.quote(dev)} --model "
+                              f"{shlex.quote(key)} --format csv -o nodes.csv{hint}",
                 "costs": costs, "iterations": iters, "fig_iter": fig_iter,
                 "iter_prov": _provenances(r["prov"] for r in iters),
-                "profile_cmd": f"costdb profile --device {dev} --model {name}{hint}",
-                "solver": _solver_section(db, dev, key, name, mid, hint, node_names)})
+                "profile_cmd": profile_cmd,
+                "solver": _solver_section(db, dev, key, model_arg(by_id[mid], stored), mid, hint,
+                                          node_names)})
             if mid not in compare_models:
                 compare_models.append(mid)
         sections.append({"name": dev, "anchor": f"d{len(sections)}", "info": info,
                          "sessions": _session_rows(sessions, model_keys), "models": models,
                          "prov_runtime": all_rt, "prov_energy": all_en, "prov_iter": it_prov,
-                         "profile_cmd": f"costdb profile --device {dev} --model MODEL{hint}"})
+                         "profile_cmd": models[0]["profile_cmd"] if models else
+                         f"costdb profile --device {shlex.quote(dev)} --model "
+                         f"{'mlp' if local else 'tinycnn'}{hint}"})
     comparisons = []
     for mid in compare_models:
         c = _comparison(db, mid, model_keys[mid], model_names[mid], hint, settings, kind)
@@ -669,18 +806,21 @@ def collect(db: costdb.Database, devices: Sequence[str] | None = None, model: st
 
 def render_report(db_path: str | os.PathLike, devices: Sequence[str] | None = None,
                   model: str | None = None, all_devices: bool = False,
-                  node_rows: int = NODE_ROWS, settings: Any = None, kind: str = "auto") -> str:
+                  node_rows: int = NODE_ROWS, settings: Any = None, kind: str = "auto",
+                  batch: int | None = None, input_shape: Any = None) -> str:
     """The report as one HTML string (see module docstring)."""
     with costdb.open(db_path, readonly=True) as db:
         ctx = collect(db, devices, model, all_devices, node_rows, db_label=str(db_path),
-                      settings=settings, kind=kind)
+                      settings=settings, kind=kind, batch=batch, input_shape=input_shape)
     return _environment().get_template("report.html.j2").render(**ctx)
 
 
 def write_report(db_path: str | os.PathLike, output: str | os.PathLike = "report.html",
                  devices: Sequence[str] | None = None, model: str | None = None,
                  all_devices: bool = False, node_rows: int = NODE_ROWS,
-                 settings: Any = None, kind: str = "auto") -> Path:
+                 settings: Any = None, kind: str = "auto", batch: int | None = None,
+                 input_shape: Any = None) -> Path:
     """Render and write atomically (temp file in the target directory, then rename)."""
-    html = render_report(db_path, devices, model, all_devices, node_rows, settings, kind)
+    html = render_report(db_path, devices, model, all_devices, node_rows, settings, kind,
+                         batch, input_shape)
     return write_text_atomic(output, html)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import itertools
+import math
 import re
 from typing import Iterable, Sequence
 
@@ -18,20 +19,21 @@ matplotlib.use("Agg")
 from matplotlib.colors import ListedColormap  # noqa: E402
 from matplotlib.figure import Figure  # noqa: E402
 from matplotlib.patches import Patch  # noqa: E402
-from matplotlib.ticker import FuncFormatter, MaxNLocator  # noqa: E402
+from matplotlib.ticker import FuncFormatter, MaxNLocator, MultipleLocator  # noqa: E402
 
 _RC = {
     "svg.fonttype": "none",       # text as <text>, not paths: small and selectable
     "svg.hashsalt": "costdb",     # deterministic ids
     "text.parse_math": False,     # '$' in op or device names is literal
-    "font.size": 9,
-    "axes.titlesize": 10,
+    "font.size": 11,
+    "axes.titlesize": 12,
+    "legend.fontsize": 10,
     "axes.spines.top": False,
     "axes.spines.right": False,
     "figure.dpi": 72,
 }
 
-#: Colours of the phases and schedule states (also used by the HTML legend).
+#: Colours of the phases and schedule states (figures and report CSS).
 PHASE_COLORS = {"fwd": "#4c78a8", "loss": "#9d755d", "bwd_data": "#f58518", "bwd_weight": "#e45756",
                 "update": "#54a24b"}
 STATE_COLORS = {"absent": "#ffffff", "resident": "#c6dbef", "compute": "#2b8cbe",
@@ -83,13 +85,14 @@ def _short(label: str, n: int = 42) -> str:
 
 
 def top_bars(labels: Sequence[str], values: Sequence[float], unit_fmt, title: str,
-             colors: Sequence[str] | None = None, xlabel: str = "") -> str | None:
-    """Horizontal bar chart, largest at the top."""
+             colors: Sequence[str] | None = None, xlabel: str = "",
+             legend: dict[str, str] | None = None, binary: bool = False) -> str | None:
+    """Horizontal bar chart, largest at the top; ``legend``: label -> colour of the bars."""
     pairs = [(lab, v) for lab, v in zip(labels, values) if v is not None and v == v]
     if not pairs:
         return None
     with matplotlib.rc_context(_RC):
-        fig, ax = _figure(6.2, 0.28 * len(pairs) + 0.9)
+        fig, ax = _figure(6.2, 0.34 * len(pairs) + 1.0)
         ys = range(len(pairs))[::-1]
         vals = [v for _, v in pairs]
         ax.barh(list(ys), vals, color=list(colors) if colors else "#4c78a8")
@@ -99,11 +102,20 @@ def top_bars(labels: Sequence[str], values: Sequence[float], unit_fmt, title: st
             ax.set_xlabel(xlabel)
         vmax = max(vals) if vals else 1
         for y, v in zip(ys, vals):
-            ax.text(v + 0.01 * vmax, y, unit_fmt(v), va="center", fontsize=8)
-        ax.set_xlim(0, vmax * 1.25 if vmax > 0 else 1)
-        ax.xaxis.set_major_locator(MaxNLocator(4))
+            ax.text(v + 0.01 * vmax, y, unit_fmt(v), va="center", fontsize=10)
+        ax.set_xlim(0, vmax * 1.3 if vmax > 0 else 1)
+        if binary and vmax >= 1:      # bytes: ticks at round binary multiples (256 KiB, not 293)
+            base = 1024.0 ** int(math.log(vmax, 1024))
+            step = next(s for s in (0.25, 0.5, 1, 2, 4, 8, 16, 32, 64, 128, 256, 512, 1024)
+                        if vmax / (s * base) <= 4)
+            ax.xaxis.set_major_locator(MultipleLocator(step * base))
+        else:
+            ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: unit_fmt(v) if v else "0"))
-        ax.tick_params(axis="y", labelsize=8)
+        ax.tick_params(axis="y", labelsize=10)
+        if legend:      # the phases of the bars drawn, in the figure itself (one legend)
+            ax.legend(handles=[Patch(facecolor=c, label=p) for p, c in legend.items()],
+                      frameon=False, loc="lower right", fontsize=10)
     return _svg(fig)
 
 
@@ -122,7 +134,7 @@ def phase_breakdown(phases: Sequence[str], runtime: Sequence[float], energy: Seq
             ax.set_title(title, loc="left")
             top = max(vals) if vals and max(vals) > 0 else 1
             for x, v in enumerate(vals):
-                ax.text(x, v + 0.02 * top, fmt(v), ha="center", fontsize=8)
+                ax.text(x, v + 0.02 * top, fmt(v), ha="center", fontsize=10)
             ax.set_ylim(0, top * 1.2)
             ax.set_yticks([])
             ax.spines["left"].set_visible(False)
@@ -149,13 +161,13 @@ def grouped_bars(groups: Sequence[str], series: dict[str, Sequence[float]], titl
             else:
                 for x, v in zip(xs, vals):
                     if v:
-                        ax.text(x, v, fmt(v), ha="center", va="bottom", fontsize=7)
+                        ax.text(x, v, fmt(v), ha="center", va="bottom", fontsize=9)
         if stacked:
             for i, b in enumerate(bottoms):
-                ax.text(i, b, fmt(b), ha="center", va="bottom", fontsize=8)
+                ax.text(i, b, fmt(b), ha="center", va="bottom", fontsize=10)
         ax.set_xticks(range(len(groups)), [_short(g, 20) for g in groups])
         ax.set_title(title, loc="left")
-        ax.legend(fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+        ax.legend(fontsize=10, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
         ax.set_yticks([])
         ax.spines["left"].set_visible(False)
     return _svg(fig)
@@ -175,16 +187,15 @@ def predicted_vs_measured(labels: Sequence[str], measured: Sequence[float],
             ys = [len(labels) - 1 - i + (0.2 if k == 0 else -0.2) for i in range(len(labels))]
             vs = [0.0 if v is None or v != v else v for v in vals]
             ax.barh(ys, vs, 0.38, color=color, label=name)
-            for y, v, raw in zip(ys, vs, vals):
-                ax.text(v + 0.01 * vmax, y, fmt(raw) if raw is not None else "n/a", va="center",
-                        fontsize=8)
+            for y, v, raw in zip(ys, vs, vals):      # labelled directly: no legend needed
+                ax.text(v + 0.01 * vmax, y, (fmt(raw) if raw is not None else "n/a")
+                        + (" measured" if k == 0 else " predicted"), va="center", fontsize=10)
         ax.set_yticks(range(len(labels))[::-1], list(labels))
-        ax.set_xlim(0, vmax * 1.3)
+        ax.set_xlim(0, vmax * 1.55)
         ax.xaxis.set_major_locator(MaxNLocator(4))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: fmt(v) if v else "0"))
-        ax.set_title("Whole-iteration runtime: measured vs predicted", loc="left")
-        ax.legend(fontsize=7, frameon=False, loc="upper center", bbox_to_anchor=(0.5, -0.12 - 0.6 / len(labels)),
-                  ncol=2)
+        ax.set_title("Whole-iteration runtime: measured vs predicted (sum of node medians)",
+                     loc="left")
     return _svg(fig)
 
 
@@ -225,7 +236,7 @@ def pareto(points: Iterable[dict], x: str, y: str, xlabel: str, ylabel: str, tit
         ax.set_ylabel(ylabel)
         ax.set_title(title, loc="left")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=7, frameon=False)
+        ax.legend(fontsize=10, frameon=False)
     return _svg(fig)
 
 
@@ -247,10 +258,46 @@ def schedule_grid(states: Sequence[Sequence[str]], node_labels: Sequence[str], t
         ax.set_ylabel("stage")
         if n_nodes <= 40:
             ax.set_xticks(range(n_nodes), [_short(lb, 18) for lb in node_labels], rotation=90,
-                          fontsize=6)
+                          fontsize=8)
         ax.set_title(title, loc="left")
         used = sorted({s for row in states for s in row}, key=lambda s: index.get(s, 0))
         ax.legend(handles=[Patch(facecolor=STATE_COLORS.get(s, "#fff"), edgecolor="#999",
                                  label=s.replace("_", "-")) for s in used],
-                  fontsize=7, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+                  fontsize=10, frameon=False, loc="upper left", bbox_to_anchor=(1.0, 1.0))
+    return _svg(fig)
+
+
+def executed_runs(front: Iterable[dict], runs: Sequence[dict], title: str) -> str | None:
+    """Predicted (hollow) vs measured (filled) energy and runtime of executed schedules (``costdb
+    run``), an arrow from each prediction to its measurement, beside the integrated Pareto front.
+
+    ``front``: {x, y} sweep points (runtime s, energy J); ``runs``: {pred_x, pred_y, x, y, label}.
+    """
+    rs = [r for r in runs if None not in (r.get("pred_x"), r.get("pred_y"), r.get("x"), r.get("y"))]
+    if not rs:
+        return None
+    with matplotlib.rc_context(_RC):
+        fig, ax = _figure(5.6, 3.6)
+        fp = sorted((p for p in front if p.get("x") is not None and p.get("y") is not None),
+                    key=lambda p: p["x"])
+        if fp:
+            ax.step([p["x"] for p in fp], [p["y"] for p in fp], where="post", color="#2b8cbe",
+                    lw=1.0, alpha=0.5, label="integrated front (predicted)")
+        for r in rs:
+            ax.annotate("", (r["x"], r["y"]), (r["pred_x"], r["pred_y"]),
+                        arrowprops={"arrowstyle": "->", "color": "#636363", "lw": 0.8})
+        ax.scatter([r["pred_x"] for r in rs], [r["pred_y"] for r in rs], s=36, facecolors="none",
+                   edgecolors="#e6550d", label="predicted (solver)")
+        ax.scatter([r["x"] for r in rs], [r["y"] for r in rs], s=36, color="#31a354",
+                   label="measured (costdb run)")
+        for r in rs:
+            ax.annotate(r.get("label", ""), (r["x"], r["y"]), fontsize=6, xytext=(3, 3),
+                        textcoords="offset points")
+        ax.set_xscale("log")
+        ax.set_yscale("log")
+        ax.set_xlabel("iteration runtime (s)")
+        ax.set_ylabel("energy per iteration (J)")
+        ax.set_title(title, loc="left")
+        ax.grid(alpha=0.3)
+        ax.legend(fontsize=7, frameon=False)
     return _svg(fig)

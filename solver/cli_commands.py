@@ -29,15 +29,23 @@ def _common(f):
         click.option("--mode", type=click.Choice(MODES), default="integrated", show_default=True,
                      help="integrated remat+paging, remat-only (Checkmate) or paging-only."),
         click.option("--solver", type=click.Choice(["highs", "cbc"]), default="highs", show_default=True),
-        click.option("--time-limit", type=FiniteFloat(min=0.1, max=MAX_DURATION_S), default=60.0, show_default=True,
-                     help="Seconds per MILP."),
+        click.option("--time-limit", type=FiniteFloat(min=0.5, max=MAX_DURATION_S), default=60.0, show_default=True,
+                     help="Wall-time limit in seconds: of the whole command for solve (model building "
+                          "included; returns the best schedule found with its bound and gap), of "
+                          "each point for pareto."),
         click.option("--gap", type=FiniteFloat(min=0.0, max=1e6), default=1e-4, show_default=True,
                      help="Relative optimality gap at which to stop."),
         click.option("--compat", is_flag=True,
                      help="Published POET formulation: activations only, paging outside the deadline."),
         click.option("--overlap", is_flag=True, help="Paging overlaps compute (DMA)."),
-        click.option("--method", type=click.Choice(["milp", "lp_round"]), default="milp",
-                     show_default=True, help="Exact MILP or LP relaxation + rounding (fast)."),
+        click.option("--method", type=click.Choice(["auto", "milp", "cpsat", "lp_round"]),
+                     default="auto", show_default=True,
+                     help="auto: the faster formulation for the instance; milp: the PuLP/HiGHS MILP; "
+                          "cpsat: the retention-interval model (OR-Tools CP-SAT); lp_round: LP "
+                          "relaxation + rounding (fast, approximate)."),
+        click.option("--max-computations", type=click.IntRange(min=1), default=None,
+                     help="cpsat: computations (and page-ins) per value, default 2; a schedule "
+                          "needing more is cut off (docs/solver.md)."),
         click.option("--inventory", type=click.Path(dir_okay=False), default=None,
                      help="Inventory TOML for user-defined devices."),
         click.option("--settings", default=None, metavar="latest|ID",
@@ -72,8 +80,8 @@ def _inventory(path):
 @click.option("--binary", "binary_output", default=None, type=OutputFile(),
               help="Write the compact binary schedule (what a device receives).")
 def solve(device, model, graph, batch, input_shape, granularity, mode, solver, time_limit, gap,
-          compat, overlap, method, inventory, settings, kind, db_path, memory, deadline, threads,
-          output, binary_output):
+          compat, overlap, method, max_computations, inventory, settings, kind, db_path, memory,
+          deadline, threads, output, binary_output):
     """Energy-optimal training schedule (rematerialization + paging) under a RAM budget and a
     deadline; validated by the simulator, stored in the schedules table.
 
@@ -85,7 +93,8 @@ def solve(device, model, graph, batch, input_shape, granularity, mode, solver, t
     res, inst, sid = run_solve(db_path, device, model, graph, memory, deadline, mode, solver,
                                time_limit, gap, threads, compat, overlap, method, batch,
                                input_shape, granularity, output, binary_output,
-                               inventory=_inventory(inventory), settings=settings, kind=kind)
+                               inventory=_inventory(inventory), settings=settings, kind=kind,
+                               max_computations=max_computations)
     for line in summary_lines(res, inst, sid):
         click.echo(line)
     if output:
@@ -107,8 +116,8 @@ def solve(device, model, graph, batch, input_shape, granularity, mode, solver, t
 @click.option("--scheduler", default=None, help="Dask scheduler address, e.g. tcp://host:8786 "
                                                 "(default with --executor dask: a local cluster).")
 def pareto(device, model, graph, batch, input_shape, granularity, mode, solver, time_limit, gap,
-           compat, overlap, method, inventory, settings, kind, db_path, budgets, n_budgets,
-           deadlines, executor, workers, scheduler):
+           compat, overlap, method, max_computations, inventory, settings, kind, db_path, budgets,
+           n_budgets, deadlines, executor, workers, scheduler):
     """Sweep RAM budgets x deadlines, store every point and mark the non-dominated set
     (energy, runtime, peak memory).
 
@@ -124,7 +133,8 @@ def pareto(device, model, graph, batch, input_shape, granularity, mode, solver, 
     out, inst = run_pareto(db_path, device, model, graph, budgets, deadlines, n_budgets, mode,
                            solver, time_limit, gap, compat, overlap, method, executor, workers,
                            scheduler, batch, input_shape, granularity, progress,
-                           inventory=_inventory(inventory), settings=settings, kind=kind)
+                           inventory=_inventory(inventory), settings=settings, kind=kind,
+                           max_computations=max_computations)
     click.echo(f"sweep #{out.sweep_id}: {inst.name} on {inst.device or '-'}, {mode}, "
                f"{len(out.results)} points, {sum(out.pareto)} Pareto")
     click.echo(f"{'budget':>11} {'deadline':>9} {'status':>10} {'energy':>10} {'runtime':>9} "
@@ -132,4 +142,5 @@ def pareto(device, model, graph, batch, input_shape, granularity, mode, solver, 
     for r, p, sid in zip(out.results, out.pareto, out.schedule_ids):
         click.echo(f"{fmt_bytes(r.budget_bytes):>11} {fmt_seconds(r.deadline_s):>9} {r.status:>10} "
                    f"{fmt_joules(r.energy_j):>10} {fmt_seconds(r.runtime_s):>9} "
-                   f"{fmt_bytes(r.peak_memory_bytes):>10}  {'*' if p else ' ':^6}  {sid or '-'}")
+                   f"{fmt_bytes(r.peak_memory_bytes):>10}  {'*' if p else ' ':^6}  {sid or '-'}"
+                   + (f"  {r.message}" if r.status == "error" and r.message else ""))

@@ -5,6 +5,7 @@ file, solve / sweep, validate every schedule with the simulator, store it and re
 """
 from __future__ import annotations
 
+import time
 from typing import Any, Callable
 
 from costdb.errors import CostdbError
@@ -41,26 +42,111 @@ def _parse_deadline(deadline: str | None) -> float | None:
     return parse_duration(deadline) if deadline else None
 
 
+#: seconds of the wall-time limit kept back for collecting, validating and storing the result
+WALL_MARGIN_S = 1.0
+
+
+def _child_solve(conn: Any, inst: Instance, kwargs: dict[str, Any]) -> None:
+    def incumbent(name: str, sched: Any, sim: Any) -> None:
+        conn.send(("incumbent", (name, sched, sim)))
+    try:
+        res = solve(inst, on_incumbent=incumbent, **kwargs)
+        conn.send(("ok", res))
+    except BaseException as e:       # noqa: BLE001 - re-raised in the parent
+        conn.send(("error", e))
+    finally:
+        conn.close()
+
+
+def solve_within(inst: Instance, wall_limit: float | None, **kwargs: Any) -> SolveResult:
+    """``solve`` in a child process that is killed at ``wall_limit`` seconds (a promise about wall
+    time, model building included). The solver inside gets the limit minus a margin and normally
+    returns in time with its best schedule, bound and gap; if the child has to be killed, the best
+    heuristic schedule that meets the limits is returned (status ``feasible``) or status
+    ``time_limit``. ``wall_limit=None`` solves in this process."""
+    if wall_limit is None:
+        return solve(inst, time_limit=None, **kwargs)
+    import multiprocessing
+    t0 = time.perf_counter()
+    inner = max(0.1, wall_limit - WALL_MARGIN_S - min(0.15 * wall_limit, 15.0))
+    ctx = multiprocessing.get_context("forkserver")
+    parent, child = ctx.Pipe(duplex=False)
+    proc = ctx.Process(target=_child_solve, args=(child, inst, {**kwargs, "time_limit": inner}),
+                       daemon=True)
+    proc.start()
+    child.close()
+    best = None                   # the child's best validated start, sent before the exact solve
+    try:
+        while True:
+            left = wall_limit - (time.perf_counter() - t0) - 0.25
+            if left <= 0 or not parent.poll(left):
+                break
+            kind, val = parent.recv()
+            if kind == "incumbent":
+                best = val
+                continue
+            if kind == "error":
+                raise val
+            return val
+    except EOFError:
+        pass                      # the child died without an answer
+    finally:
+        if proc.is_alive():
+            proc.kill()
+        proc.join(5)
+        parent.close()
+    return _killed_result(inst, wall_limit, proc.exitcode, kwargs, best)
+
+
+def _killed_result(inst: Instance, wall_limit: float, exitcode: int | None,
+                   kw: dict[str, Any], best: Any = None) -> SolveResult:
+    from solver.problem import compat_instance
+    from solver.solve import _finish_bound, best_heuristic
+    compat = bool(kw.get("compat", False))
+    i2 = compat_instance(inst) if compat else inst
+    res = SolveResult(status="time_limit", mode=kw.get("mode", "integrated"),
+                      solver=kw.get("solver", "highs"), budget_bytes=kw.get("budget"),
+                      deadline_s=kw.get("deadline"), compat=compat,
+                      overlap=bool(kw.get("overlap", False)), n_nodes=inst.n,
+                      method=str(kw.get("method", "auto")), cost_provenance=inst.cost_provenance())
+    why = ("stopped at the wall-time limit" if exitcode in (None, -9) else
+           f"the solver process ended with exit code {exitcode}")
+    heur = best or best_heuristic(i2, res.mode, res.budget_bytes, res.deadline_s, res.overlap, compat)
+    if heur is None:
+        res.message = f"{why} ({wall_limit:g} s) before any schedule was found; raise --time-limit"
+        return res
+    res.status, res.schedule, res.sim = "feasible", heur[1], heur[2]
+    res.objective_energy_j = heur[2].energy_j
+    res.method = f"heuristic:{heur[0]}"
+    res.message = f"{why} ({wall_limit:g} s); returned the best start found, {heur[0]}"
+    return _finish_bound(res, i2)
+
+
 def run_solve(db_path: str, device: str | None = None, model: str | None = None,
               graph: str | None = None, memory: str | None = None, deadline: str | None = None,
-              mode: str = "integrated", solver: str = "highs", time_limit: float = 60.0,
+              mode: str = "integrated", solver: str = "highs", time_limit: float | None = 60.0,
               gap: float = 1e-4, threads: int | None = None, compat: bool = False,
-              overlap: bool = False, method: str = "milp", batch: int | None = None,
+              overlap: bool = False, method: str = "auto", batch: int | None = None,
               input_shape: str | None = None, granularity: str = "layer",
               output: str | None = None, binary_output: str | None = None,
               store: bool = True, inventory: Any = None,
-              settings: Any = None, kind: str = "auto") -> tuple[SolveResult, Instance, int | None]:
-    """Solve one instance; store it (validated) and write the schedule files. Raises
-    ``InfeasibleError`` (a CostdbError) with the minimum budget / fastest runtime when infeasible."""
+              settings: Any = None, kind: str = "auto",
+              max_computations: int | None = None) -> tuple[SolveResult, Instance, int | None]:
+    """Solve one instance within ``time_limit`` seconds of wall time for the whole call (instance
+    loading and model building included); store it (validated) and write the schedule files.
+    Raises ``InfeasibleError`` (a CostdbError) with the minimum budget / fastest runtime when
+    infeasible."""
     import costdb
+    t0 = time.perf_counter()
     budget = _parse_budget(memory)
     dl = _parse_deadline(deadline)
     with costdb.open(db_path, create=True) as db:
         inst = load_instance(db, device, model, graph, batch, input_shape, granularity, inventory,
                              settings=settings, kind=kind)
-        res = solve(inst, budget=budget, deadline=dl, mode=mode, solver=solver,
-                    time_limit=time_limit, gap=gap, threads=threads, compat=compat,
-                    overlap=overlap, method=method)
+        left = None if time_limit is None else max(0.5, time_limit - (time.perf_counter() - t0))
+        res = solve_within(inst, left, budget=budget, deadline=dl, mode=mode, solver=solver,
+                           gap=gap, threads=threads, compat=compat,
+                           overlap=overlap, method=method, max_computations=max_computations)
         sid = None
         if store:
             from solver.store import save_schedule
@@ -94,7 +180,8 @@ def summary_lines(res: SolveResult, inst: Instance, sid: int | None) -> list[str
     ]
     if sim:
         lines += [
-            f"energy {fmt_joules(sim.energy_j)} (compute {fmt_joules(sim.compute_energy_j)}, page-in "
+            f"energy {fmt_joules(sim.energy_j)} net of idle power (compute "
+            f"{fmt_joules(sim.compute_energy_j)}, page-in "
             f"{fmt_joules(sim.pagein_energy_j)}, page-out {fmt_joules(sim.pageout_energy_j)})"
             + (f", bound {fmt_joules(res.bound_energy_j)}" if res.bound_energy_j is not None else ""),
             f"runtime {fmt_seconds(sim.runtime_s)}, peak memory {fmt_bytes(sim.peak_memory_bytes)} "
@@ -115,12 +202,13 @@ def run_pareto(db_path: str, device: str | None = None, model: str | None = None
                graph: str | None = None, budgets: str | None = None, deadlines: str | None = None,
                n_budgets: int = 5, mode: str = "integrated", solver: str = "highs",
                time_limit: float = 60.0, gap: float = 1e-4, compat: bool = False,
-               overlap: bool = False, method: str = "milp", executor: str = "process",
+               overlap: bool = False, method: str = "auto", executor: str = "process",
                workers: int | None = None, scheduler: str | None = None, batch: int | None = None,
                input_shape: str | None = None, granularity: str = "layer",
                progress: Callable[[int, int], None] | None = None, inventory: Any = None,
-               settings: Any = None, kind: str = "auto"):
-    """Sweep budgets x deadlines and store the points (with the non-dominated set marked)."""
+               settings: Any = None, kind: str = "auto", max_computations: int | None = None):
+    """Sweep budgets x deadlines and store the points (with the non-dominated set marked);
+    ``time_limit`` is per point. A failing point is stored with status ``error``."""
     import costdb
     from solver.pareto import default_budgets, sweep
     if executor == "dask" and not scheduler:
@@ -134,7 +222,8 @@ def run_pareto(db_path: str, device: str | None = None, model: str | None = None
             if deadlines else [None]
         out = sweep(inst, b, d, db=db, executor=executor, workers=workers, scheduler=scheduler,
                     progress=progress, mode=mode, solver=solver, time_limit=time_limit, gap=gap,
-                    compat=compat, overlap=overlap, method=method, threads=1)
+                    compat=compat, overlap=overlap, method=method, threads=1,
+                    max_computations=max_computations)
     return out, inst
 
 

@@ -17,9 +17,8 @@ gradient / optimizer memory is a constant taken off the budget, at most one page
 (storage is never cleared), and ``S + R + Min <= 1`` (a value reaches RAM one way) removes
 symmetric solutions. ``allow_bwd_remat=False`` (default in the faithful modes; a restriction,
 measured in docs/benchmarks.md) never recomputes backward nodes. Costs are normalised (energy and
-time to ~1e4 per training pass, memory to integral units of ``memory_unit`` bytes, sizes rounded
-up and the budget down so every integral solution fits the real budget) and results are reported
-in SI units.
+time to ~1e4 per training pass, memory exactly in integral units of ``memory_unit`` = the gcd of
+the sizes; see :func:`exact_memory_units`) and results are reported in SI units.
 """
 from __future__ import annotations
 
@@ -42,7 +41,27 @@ from solver.schedule import Schedule, Stage
 MODES = ("integrated", "remat", "paging")
 SOLVERS = ("highs", "cbc")
 SCALE_TARGET = 1e4       # a training pass costs ~SCALE_TARGET energy / time units
-MEMORY_UNITS = 1e5       # at most this many memory units for the budget
+
+
+def exact_memory_units(inst: Instance, budget: int | None, compat: bool
+                       ) -> tuple[int, list[int], list[int], int | None]:
+    """(unit, sizes, workspaces, capacity) in integral memory units, exactly.
+
+    The unit is the gcd of every output and workspace size, so each size is an exact multiple and
+    ``sum(sizes) <= budget - fixed`` holds iff ``sum(sizes / unit) <= floor((budget - fixed) /
+    unit)``: no schedule that fits the real budget is cut off and none that does not is admitted
+    (an earlier version rounded sizes up to a power of two, which cut real schedules off)."""
+    g = 0
+    for nd in inst.nodes:
+        g = math.gcd(g, int(nd.output_bytes))
+        g = math.gcd(g, int(nd.workspace_bytes))
+    unit = max(1, g)
+    m = [int(nd.output_bytes) // unit for nd in inst.nodes]
+    ws = [int(nd.workspace_bytes) // unit for nd in inst.nodes]
+    cap = None
+    if budget is not None:
+        cap = (int(budget) - (0 if compat else int(inst.fixed_bytes))) // unit
+    return unit, m, ws, cap
 
 
 @dataclass
@@ -76,7 +95,8 @@ class Formulation:
     """Builds the PuLP model for one instance, budget and deadline."""
 
     def __init__(self, inst: Instance, budget: int | None, deadline: float | None,
-                 options: Options, objective: str = "energy", slack_presolve: bool = True):
+                 options: Options, objective: str = "energy", slack_presolve: bool = True,
+                 build: bool = True):
         self.inst, self.opt = inst, options
         self.budget, self.deadline = budget, deadline
         self.objective = objective
@@ -93,22 +113,14 @@ class Formulation:
         self.e_scale = tot_e / SCALE_TARGET
         self.t_scale = tot_t / SCALE_TARGET
         sizes = [nd.output_bytes for nd in nodes]
-        ref = max([budget or 0, sum(sizes), 1])
-        g = 0
-        for s in sizes + [nd.workspace_bytes for nd in nodes]:
-            g = math.gcd(g, int(s))
-        unit = max(1, g)
-        if ref / unit > MEMORY_UNITS:
-            unit = max(unit, 2 ** math.ceil(math.log2(ref / MEMORY_UNITS)))
+        unit, self.m, self.ws, self.cap = exact_memory_units(inst, budget, options.compat)
         self.memory_unit = unit
-        self.m = [-(-s // unit) for s in sizes]             # ceil
-        self.ws = [-(-nd.workspace_bytes // unit) for nd in nodes]
-        if budget is not None:
-            self.cap = (budget - inst.fixed_bytes) // unit if not options.compat else budget // unit
-        else:
-            self.cap = None
         self.fixed = 0 if options.compat else inst.fixed_bytes
         self._presolve()
+        self.presolve_time_s = time.perf_counter() - t0
+        if not build:          # the CP-SAT formulation reuses the presolved index sets only
+            self.build_time_s = self.presolve_time_s
+            return
         with warnings.catch_warnings():
             # PuLP 3.3 deprecates direct LpVariable construction (PuLP 4 API); still supported
             warnings.simplefilter("ignore", DeprecationWarning)
@@ -462,6 +474,8 @@ class Formulation:
                                 u -= self.m[i]
                     if k in cset:
                         u += self.m[k]
+                    if u > max(self.cap, 0):
+                        return False       # cannot happen for a schedule the simulator accepted
                     vals[self.U[(t, k)]] = max(u, 0.0)
                     prev = k
             ram = keep
@@ -505,9 +519,10 @@ def _quiet_banner() -> None:
 class _HiGHS(pulp.HiGHS):
     """PuLP's HiGHS interface with a bulk model build, a warm start and the MIP bound kept."""
 
-    def __init__(self, warm: bool = False, **kw: Any):
+    def __init__(self, warm: bool = False, wall_deadline: float | None = None, **kw: Any):
         super().__init__(**kw)
         self.warm = warm
+        self.wall_deadline = wall_deadline     # perf_counter() value by which run() must end
         self.info: dict[str, Any] = {}
 
     def createAndConfigureSolver(self, lp):  # noqa: N802
@@ -567,6 +582,9 @@ class _HiGHS(pulp.HiGHS):
             sol.value_valid = True
             h.setSolution(sol)
         t0 = time.perf_counter()
+        if self.wall_deadline is not None:
+            # the limit covers the bulk model pass too (seconds on ResNet-50)
+            h.setOptionValue("time_limit", max(0.05, self.wall_deadline - t0))
         h.run()
         self.info = {"solve_time_s": time.perf_counter() - t0,
                      "status": h.modelStatusToString(h.getModelStatus()),
@@ -606,10 +624,25 @@ def _run_solver(form: Formulation, solver: str, time_limit: float | None, gap: f
         return RawSolve("optimal" if ok else "infeasible", obj if ok else None, obj if ok else None,
                         0.0 if ok else None, 0.0, "decided by presolve")
     if solver == "highs":
-        s = _HiGHS(warm=warm, msg=msg, timeLimit=time_limit, gapRel=gap, threads=threads)
         t0 = time.perf_counter()
+        wd = None if time_limit is None else t0 + time_limit
+        s = _HiGHS(warm=warm, msg=msg, timeLimit=time_limit, gapRel=gap, threads=threads,
+                   wall_deadline=wd)
         prob.solve(s)
         wall = time.perf_counter() - t0
+        if warm and s.info.get("primal_solution_status") == 2:
+            # HiGHS 1.16 can report the optimum's objective while returning the start's column
+            # values (seen when presolve solves the model); then solve again without the start
+            reported = s.info.get("objective_function_value")
+            got = pulp.value(prob.objective)
+            if reported is not None and got is not None and \
+                    abs(got - reported) > 1e-7 * max(1.0, abs(reported)):
+                s = _HiGHS(warm=False, msg=msg, timeLimit=time_limit, gapRel=gap, threads=threads,
+                           wall_deadline=wd)
+                prob.solve(s)
+                wall = time.perf_counter() - t0
+                s.info["status"] = str(s.info.get("status", "")) + " (start discarded: HiGHS " \
+                    "returned its values with another solution's objective)"
         import highspy
         ms = s.info.get("model_status")
         st = highspy.HighsModelStatus

@@ -131,32 +131,90 @@ def _fmt_bytes(b: float) -> str:
     return f"{int(b)} B"
 
 
+METHODS = ("auto", "milp", "cpsat", "lp_round")
+#: ``method="auto"`` uses CP-SAT from this many nodes on (measured: docs/benchmarks.md)
+AUTO_CPSAT_MIN_NODES = 200
+
+
+def choose_method(inst: Instance, opts: Options) -> str:
+    """The formulation ``method="auto"`` uses: the MILP for overlapped paging (CP-SAT does not
+    model it) and small graphs, CP-SAT from ``AUTO_CPSAT_MIN_NODES`` nodes on."""
+    if opts.overlap:
+        return "milp"
+    return "cpsat" if inst.n >= AUTO_CPSAT_MIN_NODES else "milp"
+
+
+def keep_everything(inst: Instance, budget: int | None, deadline: float | None,
+                    overlap: bool = False, compat: bool = False) -> tuple[Schedule, SimResult] | None:
+    """Checkpoint-all (no recomputation, no paging) if it meets the budget and deadline.
+
+    Its energy is the sum of the compute energies, a lower bound on every schedule (each node runs
+    at least once, paging costs are >= 0), so when it fits it is optimal and no model is built."""
+    from solver.baselines import checkpoint_all
+    sched = checkpoint_all(inst, overlap)
+    if compat:
+        sched = Schedule(sched.stages, compat=True, overlap=False)
+    sim = simulate(inst, sched, budget, deadline)
+    if not sim.ok or sim.energy_j > inst.compute_energy_j * (1 + 1e-12):
+        return None
+    return sched, sim
+
+
 def solve(inst: Instance, budget: int | None = None, deadline: float | None = None,
           mode: str = "integrated", solver: str = "highs", time_limit: float | None = 60.0,
           gap: float = 1e-4, threads: int | None = None, compat: bool = False,
           overlap: bool = False, warm_start: bool = True, allow_bwd_remat: bool | None = None,
-          method: str = "milp", msg: bool = False, explain_infeasible: bool = True,
-          symmetry_cuts: bool = True, prune: bool = True) -> SolveResult:
+          method: str = "auto", msg: bool = False, explain_infeasible: bool = True,
+          symmetry_cuts: bool = True, prune: bool = True,
+          max_computations: int | None = None,
+          starts: list[Schedule] | None = None,
+          on_incumbent: Any = None) -> SolveResult:
     """Energy-optimal schedule of ``inst`` within ``budget`` bytes and ``deadline`` seconds.
 
-    ``method="milp"`` (exact, warm-started from the best heuristic) or ``"lp_round"`` (Checkmate's
-    LP relaxation + rounding, fast and approximate). ``compat=True`` solves the published POET
-    formulation (activations only in the budget, paging time outside the deadline).
+    ``method``: ``"milp"`` (exact, warm-started from the best heuristic), ``"cpsat"`` (the
+    retention-interval model, exact up to ``max_computations`` computations per value),
+    ``"lp_round"`` (Checkmate's LP relaxation + rounding, fast and approximate) or ``"auto"``
+    (:func:`choose_method`). ``compat=True`` solves the published POET formulation (activations
+    only in the budget, paging time outside the deadline). ``time_limit`` bounds the whole call
+    (heuristics, sub-solves and model building included). ``starts``: extra warm-start schedules
+    (e.g. a neighbouring sweep point's), used when they meet this budget and deadline.
+    ``on_incumbent(name, schedule, sim)`` is called with the best validated start before the
+    exact solve begins (the CLI's wall-time guard keeps it in case it has to stop the solve).
     """
+    t_start = time.perf_counter()
+
+    def remaining(frac: float = 1.0) -> float | None:
+        if time_limit is None:
+            return None
+        return max(0.05, (time_limit - (time.perf_counter() - t_start)) * frac)
+
     if solver not in SOLVERS:
         raise CostdbError(f"unknown solver {solver!r}; use one of {', '.join(SOLVERS)}")
+    if method not in METHODS:
+        raise CostdbError(f"unknown method {method!r}; use one of {', '.join(METHODS)}")
     opts = Options(mode=mode, compat=compat, overlap=overlap, allow_bwd_remat=allow_bwd_remat,
                    symmetry_cuts=symmetry_cuts, prune=prune)
     if budget is not None and budget <= 0:
         raise CostdbError(f"memory budget must be positive, got {budget} bytes")
     if deadline is not None and not deadline > 0:
         raise CostdbError(f"deadline must be positive, got {deadline} s")
-    res = SolveResult(status="error", mode=mode, solver=solver, budget_bytes=budget,
+    if max_computations is not None and max_computations < 1:
+        raise CostdbError(f"max_computations must be >= 1, got {max_computations}")
+    requested = method
+    if method == "auto":
+        method = choose_method(inst, opts)
+    if method == "cpsat" and overlap:
+        raise CostdbError("--method cpsat does not model overlapped paging; use --method milp or auto")
+    res = SolveResult(status="error", mode=mode, solver="cpsat" if method == "cpsat" else solver,
+                      budget_bytes=budget,
                       deadline_s=deadline, compat=compat, overlap=overlap, n_nodes=inst.n,
                       method=method, cost_provenance=inst.cost_provenance(),
                       options={"time_limit": time_limit, "gap": gap, "threads": threads,
                                "allow_bwd_remat": opts.allow_bwd_remat, "warm_start": warm_start,
-                               "symmetry_cuts": symmetry_cuts, "prune": prune})
+                               "symmetry_cuts": symmetry_cuts, "prune": prune,
+                               "method_requested": requested,
+                               **({"max_computations": max_computations or 2}
+                                  if method == "cpsat" else {})})
     if compat:
         inst = compat_instance(inst)
     lower = min_budget_bound(inst, compat)
@@ -165,20 +223,39 @@ def solve(inst: Instance, budget: int | None = None, deadline: float | None = No
         res.message = (f"budget {_fmt_bytes(budget)} is below the lower bound {_fmt_bytes(lower)} "
                        "(fixed memory plus the largest node's inputs and output)")
         if explain_infeasible:
-            res.message = explain(inst, res, opts, solver, time_limit)
+            res.message = explain(inst, res, opts, solver, remaining())
+        return res
+    # keep-everything fast path: proven optimal by the trivial lower bound, no model needed
+    fast = keep_everything(inst, budget, deadline, overlap, compat)
+    if fast is not None:
+        res.status, res.schedule, res.sim = "optimal", fast[0], fast[1]
+        res.objective_energy_j = res.bound_energy_j = fast[1].energy_j
+        res.gap = 0.0
+        res.method = "keep_everything"
+        res.solve_time_s = time.perf_counter() - t_start
+        res.message = ("keep-everything fits the budget and deadline; its energy is the lower bound "
+                       "(sum of compute energies)")
         return res
     heur = best_heuristic(inst, mode, budget, deadline, overlap, compat)
-    starts = [heur] if heur else []       # warm-start candidates, tried best first
-    if mode == "integrated" and method == "milp" and warm_start and not compat:
+    cands = [heur] if heur else []       # warm-start candidates, tried best first
+    for k, sch in enumerate(starts or ()):
+        if sch is None or sch.n != inst.n or sch.compat != compat or sch.overlap != overlap:
+            continue
+        try:
+            sim = simulate(inst, sch, budget, deadline)
+        except ScheduleError:
+            continue
+        if sim.ok:
+            cands.append((f"neighbour[{k}]", sch, sim))
+    if mode == "integrated" and method in ("milp", "cpsat") and warm_start and not compat:
         # the paging-only MILP is small and fast; its optimum is a feasible integrated schedule
-        sub_limit = None if time_limit is None else max(1.0, time_limit / 6)
         sub = Formulation(inst, budget, deadline, Options(mode="paging", overlap=overlap))
-        raw = run_solver(sub, solver, sub_limit, gap, threads, False)
+        raw = run_solver(sub, solver, remaining(1 / 6), gap, threads, False)
         if raw.status in ("optimal", "feasible"):
             sched = sub.schedule()
             sim = simulate(inst, sched, budget, deadline)
             if sim.ok:
-                starts.append(("paging_milp", sched, sim))
+                cands.append(("paging_milp", sched, sim))
         res.options["paging_milp_s"] = raw.solve_time_s
     if method == "milp" and warm_start and mode != "paging" and inst.n >= LP_ROUND_WARM_MIN_NODES:
         # Checkmate's LP relaxation + rounding is cheap and often beats the heuristics by far
@@ -186,32 +263,36 @@ def solve(inst: Instance, budget: int | None = None, deadline: float | None = No
         scratch = SolveResult(status="error", mode=mode, solver=solver, budget_bytes=budget,
                               deadline_s=deadline, compat=compat, overlap=overlap)
         t0 = time.perf_counter()
-        lp = lp_round(inst, scratch, opts, None, solver="highs", time_limit=time_limit, threads=threads)
+        lp = lp_round(inst, scratch, opts, None, solver="highs", time_limit=remaining(1 / 4),
+                      threads=threads)
         res.options["lp_round_s"] = time.perf_counter() - t0
         if lp.schedule is not None and lp.sim.ok:
-            starts.append(("lp_round", lp.schedule, lp.sim))
-    starts.sort(key=lambda c: c[2].energy_j)
-    heur = starts[0] if starts else None
+            cands.append(("lp_round", lp.schedule, lp.sim))
+    cands.sort(key=lambda c: c[2].energy_j)
+    heur = cands[0] if cands else None
     if heur:
         res.heuristic, res.heuristic_energy_j = heur[0], heur[2].energy_j
+        if on_incumbent is not None:
+            on_incumbent(*heur)
     if method == "lp_round":
         from solver.approx import lp_round
-        return lp_round(inst, res, opts, heur, solver=solver, time_limit=time_limit, threads=threads)
-    if method != "milp":
-        raise CostdbError(f"unknown method {method!r}; use milp or lp_round")
+        return lp_round(inst, res, opts, heur, solver=solver, time_limit=remaining(), threads=threads)
+    if method == "cpsat":
+        return _solve_cpsat(inst, res, opts, cands, heur, budget, deadline, remaining, gap, threads,
+                            warm_start, max_computations or 2, msg, explain_infeasible, solver)
     form = Formulation(inst, budget, deadline, opts)
     res.build_time_s = form.build_time_s
     res.n_variables, res.n_constraints = form.n_variables, form.n_constraints
     res.memory_unit_bytes = form.memory_unit
     warm = False
     if warm_start:
-        for cand in starts:
+        for cand in cands:
             if form.set_start(cand[1]):      # False if it uses decisions the model pruned
                 warm = True
                 res.options["warm_start_from"] = cand[0]
                 break
     res.warm_start = warm
-    raw = run_solver(form, solver, time_limit, gap, threads, warm, msg)
+    raw = run_solver(form, solver, remaining(), gap, threads, warm, msg)
     res.solve_time_s = raw.solve_time_s
     res.gap = raw.gap
     res.options["solver_detail"] = raw.detail
@@ -228,16 +309,8 @@ def solve(inst: Instance, budget: int | None = None, deadline: float | None = No
         check_consistency(sim, obj, budget, deadline, solver)
         res.status, res.schedule, res.sim = raw.status, sched, sim
         res.objective_energy_j = sim.energy_j
-        if heur is not None and heur[2].energy_j < sim.energy_j * (1 - 1e-9) and raw.status != "optimal":
-            # the solver stopped with a worse incumbent than a start it could not load
-            res.schedule, res.sim = heur[1], heur[2]
-            res.objective_energy_j = heur[2].energy_j
-            res.method = f"milp(start:{heur[0]})"
-            if res.bound_energy_j is not None:
-                res.gap = (res.sim.energy_j - res.bound_energy_j) / max(res.sim.energy_j, 1e-300)
-        if res.bound_energy_j is not None and res.bound_energy_j > res.sim.energy_j:
-            res.bound_energy_j = res.sim.energy_j
-        return res
+        _prefer_start(res, heur)
+        return _finish_bound(res, inst)
     if raw.status == "infeasible":
         if heur is not None:
             raise SolverBug(f"{solver} reports infeasible but heuristic {heur[0]} meets the budget "
@@ -245,18 +318,99 @@ def solve(inst: Instance, budget: int | None = None, deadline: float | None = No
         res.status = "infeasible"
         res.message = "no schedule meets the budget and deadline"
         if explain_infeasible:
-            res.message = explain(inst, res, opts, solver, time_limit)
+            res.message = explain(inst, res, opts, solver, remaining())
         return res
-    # time limit without an incumbent: fall back to the best heuristic
     res.status = raw.status
+    return _fallback(res, heur, solver, time_limit, inst)
+
+
+def _prefer_start(res: SolveResult, heur: Any) -> None:
+    """If the solver stopped with a worse incumbent than a start it could not load, return the
+    start (status stays ``feasible``)."""
+    if heur is not None and heur[2].energy_j < res.sim.energy_j * (1 - 1e-9) and res.status != "optimal":
+        res.schedule, res.sim = heur[1], heur[2]
+        res.objective_energy_j = heur[2].energy_j
+        res.method = f"{res.method}(start:{heur[0]})"
+
+
+def _finish_bound(res: SolveResult, inst: Instance) -> SolveResult:
+    """Bound = max(solver bound, trivial bound), capped by the schedule's energy; gap from it."""
+    lb = inst.compute_energy_j
+    b = res.bound_energy_j
+    b = lb if b is None or not math.isfinite(b) else max(b, lb)
+    if res.sim is not None:
+        b = min(b, res.sim.energy_j)
+        res.gap = (res.sim.energy_j - b) / max(res.sim.energy_j, 1e-300)
+    res.bound_energy_j = b
+    return res
+
+
+def _fallback(res: SolveResult, heur: Any, solver: str, time_limit: float | None,
+              inst: Instance) -> SolveResult:
+    """Time limit without an incumbent: the best warm-start candidate, if any."""
     if heur is not None:
         res.status, res.schedule, res.sim = "feasible", heur[1], heur[2]
         res.method = f"heuristic:{heur[0]}"
         res.objective_energy_j = heur[2].energy_j
         res.message = f"{solver} found no solution within the time limit; returned heuristic {heur[0]}"
-    else:
-        res.message = f"{solver} found no solution within {time_limit} s"
+        return _finish_bound(res, inst)
+    res.message = f"{solver} found no solution within {time_limit} s"
     return res
+
+
+def _solve_cpsat(inst: Instance, res: SolveResult, opts: Options, cands: list, heur: Any,
+                 budget: int | None, deadline: float | None, remaining: Any, gap: float,
+                 threads: int | None, warm_start: bool, kmax: int, msg: bool,
+                 explain_infeasible: bool, solver: str) -> SolveResult:
+    from solver.cpsat import CpsatModel
+    model = CpsatModel(inst, budget, deadline, opts, kmax)
+    res.build_time_s = model.build_time_s
+    res.n_variables, res.n_constraints = model.n_variables, model.n_constraints
+    res.memory_unit_bytes = model.memory_unit
+    if warm_start:
+        for cand in cands:
+            if model.add_hint(cand[1]):
+                res.warm_start = True
+                res.options["warm_start_from"] = cand[0]
+                break
+    raw = model.solve(remaining(), gap, threads, msg)
+    res.solve_time_s = raw.solve_time_s
+    res.options["solver_detail"] = raw.detail
+    res.options.update(raw.extra)
+    res.bound_energy_j = raw.bound_j
+    if raw.schedule is not None:
+        try:
+            sim = simulate(inst, raw.schedule, budget, deadline)
+        except ScheduleError as e:
+            raise SolverBug(f"cpsat returned a schedule the simulator rejects: {e}") from None
+        if not sim.ok:
+            raise SolverBug("cpsat: schedule violates its constraints in the simulator: "
+                            + "; ".join(sim.violations))
+        # dropping unused recomputations can only lower the energy; rounding is ~1e-10
+        if sim.energy_j > raw.objective_j * (1 + 1e-7) + 1e-12:
+            raise SolverBug(f"cpsat: objective {raw.objective_j!r} J but the simulator measures "
+                            f"{sim.energy_j!r} J")
+        res.status, res.schedule, res.sim = raw.status, raw.schedule, sim
+        res.objective_energy_j = sim.energy_j
+        _prefer_start(res, heur)
+        return _finish_bound(res, inst)
+    if raw.status == "infeasible":
+        res.status = "infeasible"
+        res.message = (f"no schedule meets the budget and deadline with at most {kmax} computations "
+                       f"and {kmax} page-ins per value")
+        if heur is not None:
+            # the bound on computations cut the feasible region: return the candidate
+            res.status, res.schedule, res.sim = "feasible", heur[1], heur[2]
+            res.objective_energy_j = heur[2].energy_j
+            res.method = f"heuristic:{heur[0]}"
+            res.message += f"; returned {heur[0]} (raise --max-computations or use --method milp)"
+            res.bound_energy_j = None
+            return _finish_bound(res, inst)
+        if explain_infeasible:
+            res.message = explain(inst, res, opts, "highs", remaining())
+        return res
+    res.status = raw.status
+    return _fallback(res, heur, "cpsat", None, inst)
 
 
 def trim_keeps(inst: Instance, sched: Schedule) -> Schedule:

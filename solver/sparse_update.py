@@ -31,8 +31,9 @@ a channel fraction r gets sqrt(r) of it (diminishing returns, as the paper's cha
 curves), a layer's bias a quarter of it.
 
 The search maximises total contribution within the budget (ties: lower energy, then runtime):
-exhaustive over the per-layer choices (bias on/off x weight fraction in RATIOS) for up to 6
-layers, greedy by contribution per byte beyond that. Baselines beside it: full update, bias
+exhaustive over the per-layer choices (bias on/off x weight fraction in RATIOS) for up to 4
+layers, greedy by contribution per byte beyond that (each step raises one layer by one level:
+its bias on, or its weight fraction to the next ratio). Baselines beside it: full update, bias
 only, last-k layers (weights and biases) for every k.
 """
 from __future__ import annotations
@@ -47,10 +48,10 @@ from typing import Any, Iterable, Mapping
 from costdb.errors import CostdbError
 
 __all__ = ["RATIOS", "LayerChoice", "UpdatePlan", "SparseUpdateProblem", "default_contributions",
-           "load_contributions", "plan_update", "plan_sparse_update"]
+           "check_contributions", "load_contributions", "plan_update", "plan_sparse_update"]
 
 RATIOS = (0.0, 0.125, 0.25, 0.5, 1.0)
-EXHAUSTIVE_LAYERS = 6
+EXHAUSTIVE_LAYERS = 4
 _ELEM = {"float32": 4, "float16": 2, "bfloat16": 2, "int8": 1, "uint8": 1, "float64": 8}
 
 
@@ -85,6 +86,9 @@ class _Layer:
     upd_bias: Any = None
     bias_grad_fraction: float = 0.0  # bias gradient / weight-gradient work (estimate)
     needs_input: bool = False        # the weight gradient reads the model input
+    bw_idx: int = -1                 # node indices: weight gradient, weight / bias update
+    uw_idx: int = -1
+    ub_idx: int | None = None
 
 
 @dataclass
@@ -153,18 +157,20 @@ class SparseUpdateProblem:
             pbytes = int(math.prod(n.params.get("param", (0,)))) * self.elem
             if n.name.endswith(".bias:update"):
                 lay.has_bias, lay.bias_bytes, lay.upd_bias = True, pbytes, rows[n.idx]
+                lay.ub_idx = n.idx
             else:
-                lay.weight_bytes, lay.upd_weight = pbytes, rows[n.idx]
+                lay.weight_bytes, lay.upd_weight, lay.uw_idx = pbytes, rows[n.idx], n.idx
         for n in graph.nodes:
             if n.phase == "bwd_weight" and n.layer in layers:
                 lay = layers[n.layer]
-                lay.bwd_weight, lay.bwd_weight_deps = rows[n.idx], n.deps
+                lay.bwd_weight, lay.bwd_weight_deps, lay.bw_idx = rows[n.idx], n.deps, n.idx
                 fwd = self.nodes[first_fwd[n.layer]]
                 lay.needs_input = not fwd.deps
                 macs = max(1.0, _num(n.flops) / 2)
                 out_elems = max(1, fwd.output_bytes // self.elem)
                 lay.bias_grad_fraction = min(1.0, out_elems / macs)
-        self.layers = sorted((la for la in layers.values() if la.upd_weight is not None),
+        self.layers = sorted((la for la in layers.values()
+                              if la.upd_weight is not None and la.bw_idx >= 0),
                              key=lambda la: la.pos)
         if not self.layers:
             raise CostdbError(f"{graph.model} has no trainable layers in its training graph")
@@ -197,13 +203,7 @@ class SparseUpdateProblem:
         trainable = 0
         for la in self.layers:
             c = chosen[la.name]
-            bw = next(n.idx for n in self.graph.nodes
-                      if n.layer == la.name and n.phase == "bwd_weight")
-            uw = next(n.idx for n in self.graph.nodes
-                      if n.layer == la.name and n.phase == "update"
-                      and not n.name.endswith(".bias:update"))
-            ub = next((n.idx for n in self.graph.nodes
-                       if n.layer == la.name and n.name.endswith(".bias:update")), None)
+            bw, uw, ub = la.bw_idx, la.uw_idx, la.ub_idx
             if c.weight > 0:
                 frac[bw] = c.weight
                 frac[uw] = c.weight
@@ -257,9 +257,11 @@ class SparseUpdateProblem:
             while True:
                 step = None
                 for la in self.layers:
-                    for opt in self._options(la):
-                        if opt.weight < cur[la.name].weight or (cur[la.name].bias and not opt.bias):
-                            continue
+                    c = cur[la.name]
+                    up = [RATIOS[i + 1] for i, r in enumerate(RATIOS[:-1]) if r == c.weight]
+                    nxt = ([LayerChoice(c.weight, True)] if la.has_bias and not c.bias else []) + \
+                        [LayerChoice(r, c.bias) for r in up]
+                    for opt in nxt:
                         trial = self.evaluate(dict(cur, **{la.name: opt}), contributions, budget,
                                               "sparse update")
                         gain = trial.contribution - best.contribution
@@ -325,29 +327,66 @@ def default_contributions(layer_names: Iterable[str]) -> dict[str, dict[str, flo
             for i, name in enumerate(names)}
 
 
+def _number(v: Any, what: str) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)) or not math.isfinite(v):
+        raise CostdbError(f"{what} must be a finite number, got {v!r}")
+    return float(v)
+
+
+def check_contributions(data: Any, layer_names: Iterable[str], where: str) -> dict[str, Any]:
+    """A validated contribution table (one-line ``CostdbError`` naming the problem)."""
+    names = set(layer_names)
+    if not isinstance(data, dict):
+        raise CostdbError(f"contribution table {where} must be a JSON object: "
+                          '{"layer": {"weight": 0.3, "bias": 0.05}, ...}')
+    unknown = sorted(str(k) for k in set(data) - names)
+    if unknown:
+        raise CostdbError(f"contribution table {where} names layers the model does not train: "
+                          f"{', '.join(unknown)} (trainable: {', '.join(sorted(names))})")
+    out: dict[str, Any] = {}
+    for k, v in data.items():
+        if not isinstance(v, dict) or not v or not set(v) <= {"weight", "bias"}:
+            raise CostdbError(f"contribution of layer {k} in {where} must be an object with "
+                              f"'weight' and/or 'bias'")
+        entry: dict[str, Any] = {}
+        if "bias" in v:
+            entry["bias"] = _number(v["bias"], f"bias contribution of {k} in {where}")
+        if "weight" in v:
+            w = v["weight"]
+            if isinstance(w, dict):
+                table = {}
+                for r, c in w.items():
+                    try:
+                        ratio = float(r)
+                    except (TypeError, ValueError):
+                        ratio = float("nan")
+                    if not 0 < ratio <= 1:
+                        raise CostdbError(f"weight contribution of {k} in {where}: channel "
+                                          f"fraction {r!r} must be a number in (0, 1]")
+                    table[str(ratio)] = _number(c, f"weight contribution of {k} at {r}")
+                if not table:
+                    raise CostdbError(f"weight contribution of {k} in {where} is empty")
+                entry["weight"] = table
+            else:
+                entry["weight"] = _number(w, f"weight contribution of {k} in {where}")
+        out[k] = entry
+    return out
+
+
 def load_contributions(path: str | Path, layer_names: Iterable[str]) -> dict[str, Any]:
     """A contribution table from JSON: ``{"layer": {"weight": 0.3, "bias": 0.05}}``, where
     ``weight`` may also be ``{"0.25": 0.2, "1": 0.3}`` (contribution per channel fraction).
     Layers left out contribute nothing."""
-    names = set(layer_names)
+    p = Path(path)
+    if p.exists() and not p.is_file():
+        raise CostdbError(f"contribution table {path} is not a regular file")
     try:
-        data = json.loads(Path(path).read_text())
+        data = json.loads(p.read_text())
     except OSError as e:
         raise CostdbError(f"cannot read the contribution table {path}: {e.strerror}") from None
     except ValueError as e:
         raise CostdbError(f"contribution table {path} is not valid JSON ({e})") from None
-    if not isinstance(data, dict):
-        raise CostdbError(f"contribution table {path} must be a JSON object: "
-                          '{"layer": {"weight": 0.3, "bias": 0.05}, ...}')
-    unknown = sorted(set(data) - names)
-    if unknown:
-        raise CostdbError(f"contribution table {path} names layers the model does not train: "
-                          f"{', '.join(unknown)} (trainable: {', '.join(sorted(names))})")
-    for k, v in data.items():
-        if not isinstance(v, dict) or not set(v) <= {"weight", "bias"}:
-            raise CostdbError(f"contribution of layer {k} in {path} must be an object with "
-                              f"'weight' and/or 'bias'")
-    return data
+    return check_contributions(data, layer_names, str(path))
 
 
 @dataclass
@@ -384,7 +423,7 @@ def plan_update(db: Any, device: str, model: str | int, memory: int,
     elif isinstance(contributions, (str, Path)):
         table, source = load_contributions(contributions, problem.layer_names), str(contributions)
     else:
-        table, source = dict(contributions), "given"
+        table, source = check_contributions(contributions, problem.layer_names, "given"), "given"
     best = problem.search(table, memory)
     return PlanResult(best, problem.baselines(table, memory), memory, table, source, device,
                       graph.model)

@@ -86,3 +86,55 @@ def test_qemu_killed_mid_profile_then_resumed(db_path):
         counts = db.conn.execute("SELECT signature, count(*) FROM measurements GROUP BY signature").fetchall()
         assert len(counts) == len(model_graph("tinycnn").signatures()) and {c for _, c in counts} == {1}
         assert list(db.sessions("qemu-m4f")["status"]) == ["failed", "complete"]
+
+
+def test_simd_and_portable_kernels_are_never_mixed(db_path, tmp_path):
+    """The same board profiled with the SIMD and with the portable firmware: two settings
+    fingerprints (kernel_variant), each complete; a cost table refuses to mix them. (costdb
+    profile traces float graphs; the float32 kernels are the same in both builds, so their
+    figures agree, but they are still kept apart: the fingerprint is about the firmware.)"""
+    from costdb.errors import CostdbError
+    from devices.serial.build import build_firmware
+    from devices.serial.qemu import QemuBoard
+    from serial_fixtures import link_inventory
+    n = len(model_graph("tinycnn").signatures())
+    portable = build_firmware("qemu-m4f", options={"KERNELS": "portable"})
+    for elf in (None, portable):
+        with QemuBoard("qemu-m4f", elf=elf) as q:
+            inv = link_inventory(tmp_path / "inv.toml", "m4", q.url, "qemu-m4f", 115200)
+            res = costdb.profile(db_path, device="m4", model="tinycnn", settings=FAST,
+                                 inventory=inv)
+            assert res.planned == res.measured == n          # a new fingerprint: measured again
+    with costdb.open(db_path) as db:
+        ids = {v: i for i, v in db.conn.execute("SELECT id, kernel_variant FROM settings")}
+        assert set(ids) == {"simd", "portable"}
+        with pytest.raises(CostdbError, match="different settings"):
+            db.costs("m4", "tinycnn")
+        simd = db.costs("m4", "tinycnn", settings=ids["simd"]).set_index("name")
+        port = db.costs("m4", "tinycnn", settings=ids["portable"]).set_index("name")
+    assert simd["status"].eq("ok").all() and port["status"].eq("ok").all()
+    cyc = lambda df: df["runtime_s"] * 25e6  # noqa: E731  (emulated instructions)
+    assert ((cyc(simd) - cyc(port)).abs() <= 24).all()      # same float kernels, same counts
+
+
+@pytest.mark.parametrize("board,variant", [("qemu-m4f", "simd"), ("qemu-m0", "portable")])
+def test_profile_int8_tinycnn_records_the_int8_kernels(db_path, board, variant):
+    """--dtype int8: the quantised graph (1-byte tensors) measured by the firmware's int8
+    kernels, under a fingerprint that names dtype and kernel variant."""
+    res = costdb.profile(db_path, device=board, model="tinycnn", dtype="int8", settings=FAST)
+    assert res.measured == res.planned == len(model_graph("tinycnn").signatures())
+    with costdb.open(db_path) as db:
+        df = db.costs(board, "tinycnn", dtype="int8")
+        assert df["status"].eq("ok").all() and set(df["runtime_provenance"]) == {"emulated"}
+        (dtype, variant_,) = db.conn.execute("SELECT dtype, kernel_variant FROM settings").fetchone()
+        kinds = {json.loads(x).get("kernel_dtype") for (x,) in
+                 db.conn.execute("SELECT extra_json FROM measurements")}
+    assert (dtype, variant_) == ("int8", variant) and kinds == {"int8"}
+    g32 = model_graph("tinycnn")
+    assert df["output_bytes"].sum() * 4 == sum(n.output_bytes for n in g32.nodes)
+
+
+def test_int8_graphs_are_refused_off_the_firmware(db_path):
+    from costdb.errors import CostdbError
+    with pytest.raises(CostdbError, match="Cortex-M firmware only"):
+        costdb.profile(db_path, device="local", model="tinycnn", dtype="int8")

@@ -12,6 +12,7 @@ import pytest
 
 import costdb
 from costdb import schema
+from costdb.errors import CostdbError
 from costdb.settings import SettingsRecord
 
 V3 = Path(__file__).parent / "data" / "v3.db"
@@ -118,3 +119,28 @@ def test_v1_file_migrates_through_every_version(tmp_path):
         s = db.get_settings(m.settings_id)
         assert (s.compute_unit, s.agent_version, s.threads, s.cache, s.extra) == \
             ("firmware", "0.3", None, None, {"board": "qemu-m4f", "clock_hz": 25000000})
+
+
+def test_v4_file_migrates_to_runs_and_storage_profiles(v3_copy):
+    """The runs migration (costdb run) adds empty tables an old schedule can be executed into."""
+    from costdb.records import RunRecord, StorageProfileRecord
+    conn = sqlite3.connect(v3_copy)
+    schema.migrate(conn, target=4)
+    conn.close()
+    with costdb.open(v3_copy) as db:
+        assert db.version == schema.LATEST
+        assert db.run_list() == [] and db.storage_profile_list() == []
+        sched = db.schedule_list()[0]
+        rid = db.add_run(RunRecord(schedule_id=sched.id, device=sched.device or "local",
+                                   model_id=sched.model_id, runtime_s=0.5, energy_j=1.0,
+                                   energy_provenance="modeled", bit_exact=True,
+                                   samples={"runtime_s": [0.5]}))
+        sp = db.add_storage_profile(StorageProfileRecord(device="local", path="/tmp",
+                                                         write_bytes_per_s=1e8))
+        got = db.run(rid)
+        assert got.schedule_id == sched.id and got.check_passed and got.samples == {"runtime_s": [0.5]}
+        assert len(db.runs()) == 1 and db.storage_profile_list()[0].id == sp
+        with pytest.raises(ValueError, match="check against the plain iteration failed"):
+            RunRecord(schedule_id=sched.id, device="local", model_id=None, check_passed=False)
+        with pytest.raises(CostdbError, match="schedule 999"):
+            db.add_run(RunRecord(schedule_id=999, device="local", model_id=None))

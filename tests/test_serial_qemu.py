@@ -47,20 +47,22 @@ def test_start_qemu_board_interface():
     assert res["output_bytes"] == 8 * 16 * 16 * 4 and res["stack_bytes"] > 0
 
 
-def test_protocol_version_mismatch_is_refused_clearly():
-    elf = build_firmware("qemu-m4f", protocol_version=99)
+@pytest.mark.parametrize("version", [1, 99])     # 1: a firmware before 0.3.0 (NCHW int8)
+def test_protocol_version_mismatch_is_refused_clearly(version):
+    elf = build_firmware("qemu-m4f", protocol_version=version)
     with QemuBoard("qemu-m4f", elf=elf) as q:
         agent = open_serial_agent(q.url, board="qemu-m4f", emulated=True)
         with pytest.raises(ProtocolVersionError) as err:
             agent.hello()
         agent.close()
     msg = str(err.value)
-    assert "protocol 99" in msg and f"speaks {P.PROTOCOL_VERSION}" in msg and "\n" not in msg
+    assert f"protocol {version}," in msg and f"speaks {P.PROTOCOL_VERSION}" in msg
+    assert "rebuild and reflash" in msg and "\n" not in msg
     assert isinstance(err.value, CostdbError)
 
 
 def test_op_too_big_is_recorded_as_not_fitting(m0_agent):
-    spec = {"op": "conv2d", "phase": "fwd", "dtype": "float32", "inputs": [[1, 16, 32, 32]],
+    spec = {"op": "conv2d", "phase": "fwd", "dtype": "float32", "inputs": [[1, 16, 32, 512]],
             "params": {"weight": [32, 16, 3, 3], "bias": [32]},
             "attrs": {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1},
             "signature": "big"}
@@ -70,7 +72,7 @@ def test_op_too_big_is_recorded_as_not_fitting(m0_agent):
     assert res["status"] == "does_not_fit"
     assert res["needed_bytes"] == needed_bytes(spec_to_request(spec)) > 13824
     assert str(res["needed_bytes"]) in res["error"] and "untiled" in res["error"]
-    t = res["tiling"]      # even one output channel needs the whole 64 KiB input
+    t = res["tiling"]      # even one output channel and one output row need 3 x 32 KiB rows
     assert t["tile"] == 1 and t["untiled_bytes"] == res["needed_bytes"]
     assert t["tile_bytes"] > 13824 and str(t["tile_bytes"]) in res["error"]
     # absurd shapes (more than 4 GiB) too: no overflow, no crash

@@ -46,10 +46,54 @@ def test_int8_sgd_splits_whole_channels_with_their_scales():
         assert r.p[0] == r.p[1] * 300
 
 
+@pytest.mark.parametrize("kname,p", [
+    ("conv_fwd", [1, 16, 32, 32, 32, 3, 3, 1, 1, 1, 1, 1]),    # w 18 KiB, x 64 KiB
+    ("conv_fwd", [1, 3, 64, 64, 8, 3, 3, 2, 2, 1, 1, 1]),      # stride 2
+    ("conv_fwd", [1, 16, 48, 48, 16, 3, 3, 1, 1, 1, 1, 16]),   # depthwise
+    ("maxpool_fwd", [1, 8, 64, 64, 2, 2, 2, 2, 0, 0]),
+    ("avgpool_fwd", [1, 4, 64, 64, 3, 3, 1, 1, 1, 1]),
+])
+def test_row_bands_when_a_channel_split_cannot_fit(kname, p):
+    """The input is too big for any channel tile: bands of output rows (with the input rows
+    they read) x channel tiles, every band an interior band computing exactly its rows."""
+    from devices.serial.tiling import _out_rows
+    req = RunRequest(K[kname], "float32", p, bias=kname == "conv_fwd")
+    _axis, _dim, make = tile_axis(req)
+    assert needed_bytes(make(1)) > M0_ARENA                      # one channel does not fit
+    t = plan_tiling(req, M0_ARENA, "portable")
+    assert t.fits and t.rows is not None and t.record()["border_rows"]
+    parts = t.requests(req)
+    assert all(needed_bytes(r) <= M0_ARENA for r, _n in parts)
+    assert sum(n for _r, n in parts) == t.tiles * t.row_tiles
+    # the bands cover the output rows once, the channel tiles the channels once
+    assert (t.row_tiles - 1) * t.rows + t.last_rows == _out_rows(req)
+    assert all(_out_rows(r) in (t.rows, t.last_rows) for r, _n in parts)
+    chans = 4 if kname == "conv_fwd" and p[11] == 1 else 1      # the split parameter
+    total = sum(n * _out_rows(r) * r.p[chans] for r, n in parts)
+    assert total == _out_rows(req) * req.p[chans]
+
+
+def test_row_tiled_op_runs_on_the_m0(m0_agent):
+    spec = {"op": "conv2d", "phase": "fwd", "dtype": "float32", "inputs": [[1, 16, 32, 32]],
+            "params": {"weight": [32, 16, 3, 3], "bias": [32]},
+            "attrs": {"stride": [1, 1], "padding": [1, 1], "dilation": [1, 1], "groups": 1},
+            "signature": "rows"}
+    res = m0_agent.measure(spec, {"samples": 1, "warmups": 0})
+    assert res["status"] == "ok" and res["tiling"]["row_tiles"] >= 2
+    assert res["peak_memory_bytes"] <= M0_ARENA < res["needed_bytes"]
+    req = spec_to_request(spec, {"samples": 1, "warmups": 0})
+    t = plan_tiling(req, m0_agent.facts["arena_bytes"], m0_agent.kernel_variant)
+    total = sum(n * m0_agent.ticks_to_cycles(m0_agent.run(r)[0]["ticks"][0])
+                for r, n in t.requests(req))
+    # ~1e9 instructions: a SysTick wrap interrupt lands inside most tile samples (~1 per
+    # second of emulated time), times the 96 tiles
+    assert res["cycles"]["median"] == pytest.approx(total, rel=1e-6)
+
+
 def test_fitting_ops_are_not_tiled_and_hopeless_ones_say_why():
     fits = RunRequest(K["relu_fwd"], "int8", [1000, 96])
     assert plan_tiling(fits, M0_ARENA) is None
-    big = RunRequest(K["conv_fwd"], "float32", [1, 16, 32, 32, 32, 3, 3, 1, 1, 1, 1, 1])
+    big = RunRequest(K["conv_fwd"], "float32", [1, 16, 32, 512, 32, 3, 3, 1, 1, 1, 1, 1])
     t = plan_tiling(big, M0_ARENA)
     assert not t.fits and t.tile == 1 and t.tile_bytes > M0_ARENA
     assert t.record()["untiled_bytes"] == needed_bytes(big)

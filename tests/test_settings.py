@@ -53,7 +53,6 @@ def test_a_profile_under_other_settings_reuses_nothing(two_settings):
     ["export", "--format", "csv", "--device", "local", "--model", "mlp"],
     ["solve", "--device", "local", "--model", "mlp"],
     ["pareto", "--device", "local", "--model", "mlp", "--points", "1", "--executor", "serial"],
-    ["report", "--device", "local", "-o", "never.html"],
 ], ids=lambda a: a[0])
 def test_mixed_settings_are_refused_verbatim(runner, two_settings, args, tmp_path, monkeypatch):
     db, _, _ = two_settings
@@ -64,6 +63,22 @@ def test_mixed_settings_are_refused_verbatim(runner, two_settings, args, tmp_pat
     assert r.output == f"Error: {REFUSAL}\n"
     assert sqlite3.connect(db).execute("SELECT count(*) FROM schedules").fetchone()[0] == before
     assert not (tmp_path / "never.html").exists()
+
+
+def test_a_report_shows_the_latest_settings_and_says_so(runner, two_settings, tmp_path):
+    """A report does not fail on mixed settings: it shows the latest fingerprint, never a mix,
+    names it and how to choose another; --settings still chooses."""
+    db, _, _ = two_settings
+    out = tmp_path / "r.html"
+    r = runner.invoke(cli, ["report", "--device", "local", "--db", db, "-o", str(out)])
+    assert r.exit_code == 0, r.output
+    html = out.read_text()
+    assert (f"{KEY} was measured on local under several settings fingerprints; these tables show "
+            "the latest, #2 (threads=2") in html
+    assert "choose another with --settings ID" in html
+    r = runner.invoke(cli, ["report", "--device", "local", "--db", db, "--settings", "1", "-o",
+                            str(out)])
+    assert r.exit_code == 0 and "several settings fingerprints" not in out.read_text()
 
 
 def test_the_python_api_refuses_the_same_way(two_settings):

@@ -111,3 +111,39 @@ def test_cli_prints_plan_and_baselines(m0_db):
     for bad in (["--memory", "lots"], ["--memory", "1KiB"]):
         r = _cli("--db", m0_db, "--device", BOARD, "--model", "tinycnn", *bad)
         assert r.returncode == 2 and r.stderr.startswith("Error: ") and r.stderr.count("\n") == 1
+
+
+@pytest.mark.parametrize("table,match", [
+    ({"fc": {"weight": "x"}}, "finite number"),
+    ({"fc": {"weight": {"abc": 1}}}, "channel fraction"),
+    ({"fc": {"weight": {"1.5": 1}}}, "channel fraction"),
+    ({"fc": {"bias": float("nan")}}, "finite number"),
+    ({"fc": {}}, "'weight' and/or 'bias'"),
+    ({"fc": {"weights": 1}}, "'weight' and/or 'bias'"),
+    ([1], "JSON object"),
+])
+def test_bad_contribution_tables_are_one_line_errors(table, match):
+    from solver.sparse_update import check_contributions
+    with pytest.raises(CostdbError, match=match) as e:
+        check_contributions(table, ["conv1", "fc"], "t.json")
+    assert "\n" not in str(e.value)
+    ok = check_contributions({"fc": {"weight": {"0.5": 0.4, "1": 1}, "bias": 0}}, ["fc"], "t")
+    assert ok["fc"]["weight"] == {"0.5": 0.4, "1.0": 1.0}
+
+
+def test_contribution_table_that_is_a_fifo_is_refused(m0_db, tmp_path):
+    import os
+    fifo = tmp_path / "fifo"
+    os.mkfifo(fifo)
+    r = _cli("--db", m0_db, "--device", BOARD, "--model", "tinycnn", "--memory", "24KiB",
+             "--contributions", str(fifo))
+    assert r.returncode == 2 and "not a regular file" in r.stderr
+
+
+def test_greedy_search_fits_and_is_no_better_than_exhaustive(m0_db, monkeypatch):
+    import solver.sparse_update as su
+    exact = plan_sparse_update(m0_db, BOARD, "tinycnn", 24 * 1024).plan
+    monkeypatch.setattr(su, "EXHAUSTIVE_LAYERS", 0)          # the path of deeper models
+    greedy = plan_sparse_update(m0_db, BOARD, "tinycnn", 24 * 1024).plan
+    assert greedy.fits and greedy.peak_memory_bytes <= 24 * 1024
+    assert 0 < greedy.contribution <= exact.contribution + 1e-12

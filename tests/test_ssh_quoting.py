@@ -6,6 +6,7 @@ and compares what the remote process received with what we sent.
 from __future__ import annotations
 
 import os
+import shlex
 import sys
 from pathlib import Path
 
@@ -80,12 +81,19 @@ def test_hostile_device_name_remote_dir_and_python_end_to_end(server, tmp_path):
     pydir = server.dir / ("bin " + weird)
     pydir.mkdir(parents=True)
     py = pydir / "python3 ;$(touch PWNED)"
-    py.symlink_to(sys.executable)
+    # a wrapper that execs this interpreter by its own path, not a symlink to it: a symlinked
+    # venv python finds no pyvenv.cfg beside the link and starts the base interpreter, without
+    # the venv's packages (torch)
+    py.write_text(f"#!/bin/sh\nexec {shlex.quote(sys.executable)} \"$@\"\n")
+    py.chmod(0o755)
     entry = server.inventory_entry("rpi4b", remote_dir=str(rdir), python=str(py))
     object.__setattr__(entry, "name", weird)
     a = open_ssh_agent(entry)
     try:
-        assert a.hello()["agent_version"]
+        hello = a.hello()
+        assert hello["agent_version"]
+        # the agent runs in this test's environment (venv or not)
+        assert hello["facts"]["python_executable"] == sys.executable
         assert Path(a.agent_path).is_file() and a.agent_path.startswith(str(rdir))
     finally:
         a.close()

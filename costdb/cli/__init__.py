@@ -14,7 +14,7 @@ loads click and nothing heavy (no pandas, torch, solver or rich).
     report.py    costdb report
     plan.py      costdb plan-update (solver/sparse_update.py)
     board.py     costdb board build | start | stop | status (emulated SSH boards)
-    (solver/cli_commands.py: costdb solve | pareto)
+    (solver/cli_commands.py: costdb solve | pareto; solver/cli_run.py: costdb run | storage)
 """
 from __future__ import annotations
 
@@ -79,12 +79,15 @@ def cli() -> None:
 
 def _register() -> None:
     from costdb.cli import board, catalog, fleet, history, plan, profile, read, report
+    from solver import cli_run
     from solver.cli_commands import pareto, solve
     for mod in (profile, read, catalog, history, report, fleet, plan, board):
         for cmd in mod.COMMANDS:
             cli.add_command(cmd)
     cli.add_command(solve, "solve")
     cli.add_command(pareto, "pareto")
+    for cmd in cli_run.COMMANDS:
+        cli.add_command(cmd)
 
 
 _register()

@@ -1,26 +1,41 @@
 """``costdb sessions`` and ``costdb settings``: what was measured when, and under which settings."""
 from __future__ import annotations
 
+from typing import Any
+
 import click
 
 from costdb.cli.common import console, db_option, escape, table
 
 
+def cell(value: Any, empty: str = "") -> str:
+    """A table cell from a stored value: None and NaN (a column still empty while a profile
+    runs, e.g. ``ended_at``) read as ``empty``, everything else as escaped text."""
+    if value is None or (isinstance(value, float) and value != value):
+        return empty
+    return escape(str(value))
+
+
 @click.command()
 @db_option
-@click.option("--device", default=None)
+@click.option("--device", default=None, help="Only this device.")
 def sessions(db_path: str, device: str | None) -> None:
-    """List profiling sessions with their status and environment."""
+    """List profiling sessions with their status and environment (a running profile shows as
+    running, its end empty)."""
     import costdb
     with costdb.open(db_path, readonly=True) as db:
         recs = db.session_list(device)
+        # a running session's count is written when it ends: count its rows so far instead
+        live = {r.id: len(db.measurement_list(session_id=r.id)) for r in recs
+                if r.status == "running"}
     t = table("Sessions", ("id", "device", "status", "started", "ended", "planned", "measured",
                            "settings", "sensor", "torch", "warnings"))
     for r in recs:
-        t.add_row(str(r.id), escape(r.device), r.status, r.started_at or "", r.ended_at or "",
-                  str(r.planned), str(r.measured),
-                  "-" if r.settings_id is None else f"#{r.settings_id}", r.energy_sensor or "modeled",
-                  escape(str(r.facts.get("torch", ""))), str(len(r.warnings)))
+        t.add_row(cell(r.id), cell(r.device), cell(r.status), cell(r.started_at), cell(r.ended_at),
+                  cell(r.planned, "-"), cell(live.get(r.id, r.measured), "-"),
+                  "-" if cell(r.settings_id) == "" else f"#{cell(r.settings_id)}",
+                  cell(r.energy_sensor) or "modeled", cell((r.facts or {}).get("torch")),
+                  str(len(r.warnings or ())))
     console().print(t)
 
 
@@ -44,9 +59,9 @@ def settings_cmd(db_path: str, device: str | None) -> None:
                            "sessions", "last measured", "settings"))
     for r in df.itertuples(index=False):
         sid = None if r.id != r.id or r.id is None else int(r.id)
-        t.add_row(escape(r.device), "-" if sid is None else str(sid), r.fingerprint or "-",
-                  r.kind, str(r.ops), str(r.measurements), str(r.sessions), r.last_measured or "",
-                  escape(describe(recs[sid]) if sid in recs else "(not recorded)"))
+        t.add_row(cell(r.device), "-" if sid is None else str(sid), cell(r.fingerprint, "-"),
+                  cell(r.kind), cell(r.ops), cell(r.measurements), cell(r.sessions),
+                  cell(r.last_measured), escape(describe(recs[sid]) if sid in recs else "(not recorded)"))
     console().print(t)
 
 

@@ -43,7 +43,7 @@ def cost_table(df: Any, title: str, top: int | None) -> Any:
     """Rich table of distinct ops (aggregated over the graph nodes that use them)."""
     t = table(title, (("op", "left"), ("phase", "left"), ("input", "left"), ("uses", "right"),
                       ("runtime (median)", "right"), ("± stdev", "right"), ("CV", "right"),
-                      ("peak mem", "right"), ("energy", "right"), ("flags", "left")))
+                      ("peak mem", "right"), ("energy (gross)", "right"), ("flags", "left")))
     uses = df.groupby("signature").size()
     ops = df.drop_duplicates("signature").copy()
     ops["uses"] = ops["signature"].map(uses)
@@ -95,9 +95,16 @@ def print_costs(db_path: str, device: str, model_key: str, top: int | None, con:
     rprov = ",".join(sorted(set(df["runtime_provenance"].dropna()))) or "-"
     con.print(f"Per iteration (sum over {int(measured.sum())}/{len(df)} nodes): runtime "
               f"{fmt_seconds(df['runtime_s'].sum())} ({rprov}), energy {fmt_joules(df['energy_j'].sum())} "
-              f"({prov}); parameters {fmt_bytes(graph.param_bytes)}, activations "
+              f"gross ({prov}{_net(df)}); parameters {fmt_bytes(graph.param_bytes)}, activations "
               f"{fmt_bytes(graph.activation_bytes)}; unstable ops "
               f"{int(df.drop_duplicates('signature')['unstable'].eq(True).sum())}")
+
+
+def _net(df: Any) -> str:
+    """", net of idle X" where the measurements carry net energy (what ``solve`` optimises)."""
+    if "energy_net_j" not in df or not df["energy_net_j"].notna().any():
+        return ""
+    return f", net of idle {fmt_joules(df['energy_net_j'].sum())}"
 
 
 @click.command()

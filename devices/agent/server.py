@@ -50,6 +50,13 @@ def serve(argv):
                 res = measure.measure_op(req["spec"], req.get("settings"),
                                          req.get("device", "cpu"), meter)
                 _reply({"ok": True, "result": res})
+            elif cmd == "execute":
+                from . import execute
+                res = execute.run_request(req, meter)
+                _reply({"ok": True, "result": res})
+            elif cmd == "storage":
+                from . import execute
+                _reply({"ok": True, "result": execute.measure_storage(req)})
             elif cmd == "bye":
                 _reply({"ok": True})
                 break

@@ -424,7 +424,8 @@ class SerialAgent:
         return [bytes(b) for b in bufs] if got == res["output_crc"] else None
 
     def measure(self, spec: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
-        """Measure one op spec on the board; result dict as the torch agent's."""
+        """Measure one op spec on the board; result dict as the torch agent's. An op whose
+        buffers exceed the arena runs tiled (devices/serial/tiling.py; setting ``tiling``)."""
         settings = settings or {}
         result: dict[str, Any] = {"signature": spec.get("signature"), "status": "ok",
                                   "error": None, "runtime_provenance": self.runtime_provenance,

@@ -42,11 +42,9 @@ static inline int32_t requant(int32_t acc, int32_t mult, int32_t shift)
     int32_t h;
     if (a == INT32_MIN && mult == INT32_MIN) {
         h = INT32_MAX;
-    } else {
-        int64_t ab = (int64_t)a * (int64_t)mult;
-        int64_t nudge = ab >= 0 ? (1LL << 30) : (1 - (1LL << 30));
-        int64_t t = ab + nudge;
-        h = (int32_t)(t >= 0 ? (t >> 31) : -((-t) >> 31));
+    } else {   /* gemmlowp: (ab + (ab >= 0 ? 2^30 : 1 - 2^30)) / 2^31 rounded toward zero, which
+                * is floor((ab + 2^30) / 2^31) for every ab: one branch-free expression */
+        h = (int32_t)(((int64_t)a * (int64_t)mult + (1LL << 30)) >> 31);
     }
     int32_t mask = (int32_t)((1u << right) - 1u);
     int32_t rem = h & mask;

@@ -14,11 +14,14 @@
  *   linear fwd      R = weights [OUT][IN]              col = one row of x
  *   linear bwd_data R = weights transposed [IN][OUT]   col = one row of dy
  *   linear bwd_wt   R = dy transposed [OUT][N]         col = one column of x
+ *                   (batch 1: an outer product, outer_s8)
  * A column is gathered into int8 ("patch"), then widened into int16 in SMLAD order: per 4
  * values (v0 v1 v2 v3) the words (v0, v2) and (v1, v3), which is what SXTB16 and SXTB16 ROR #8
  * make of the 4 int8 row values in one load. Depthwise convolutions (G == C == OC) have their
- * own channel-vectorised loops (SMLABB / SMLATT on channel pairs). Everything else (other
- * grouped convolutions, pools, eltwise, SGD) uses the portable kernels.
+ * own channel-vectorised loops: interior output pixels of the forward pass pair taps through
+ * SMLAD (PKHBT/PKHTB, weight pairs packed in scratch, an assembly inner loop), the rest use
+ * SMLABB / SMLATT per channel. Everything else (other grouped convolutions, pools, eltwise,
+ * SGD) uses the portable kernels. Requantisation: rq_apply (5 or 8 instructions, bit-exact).
  *
  * simd_plan() decides (the host mirrors it in devices/serial/ops.py scratch_bytes()). */
 #include <string.h>
@@ -32,20 +35,6 @@ static inline int32_t sxtb16_ror8(int32_t x)
 {
     int32_t r;
     __asm ("sxtb16 %0, %1, ror #8" : "=r"(r) : "r"(x));
-    return r;
-}
-
-/* PKHBT / PKHTB with a 16-bit shift (GCC 12's arm_acle.h lacks them): (lo half of a, lo half of b), (hi of b, hi of a) */
-static inline int32_t pkhbt16(int32_t a, int32_t b)
-{
-    int32_t r;
-    __asm ("pkhbt %0, %1, %2, lsl #16" : "=r"(r) : "r"(a), "r"(b));
-    return r;
-}
-static inline int32_t pkhtb16(int32_t a, int32_t b)
-{
-    int32_t r;
-    __asm ("pkhtb %0, %1, %2, asr #16" : "=r"(r) : "r"(a), "r"(b));
     return r;
 }
 
@@ -68,20 +57,46 @@ static inline int32_t smmulr(int32_t a, int32_t b)
     return r;
 }
 
-/* == sat8(requant()) of kernels.h, in 8 instructions, for the multipliers simd_plan() admits
- * (mult 0 or in [2^30, 2^31), shift >= -21):
+static inline int32_t smmlar(int32_t a, int32_t b, int32_t acc)
+{
+    int32_t r;
+    __asm ("smmlar %0, %1, %2, %3" : "=r"(r) : "r"(a), "r"(b), "r"(acc));
+    return r;
+}
+
+#define ALWAYS_INLINE inline __attribute__((always_inline))
+
+/* == sat8(requant()) of kernels.h for the multipliers simd_plan() admits (mult 0 or in
+ * [2^30, 2^31), shift >= -21). Why it is exact:
  *  - gemmlowp's SaturatingRoundingDoublingHighMul, (a*m + nudge) / 2^31 rounded toward zero,
- *    equals floor((a*m + 2^30) / 2^31) = SMMULR(2a, m). When 2a overflows (|a| >= 2^30) QADD
+ *    equals h = floor((a*m + 2^30) / 2^31) = SMMULR(2a, m). When 2a overflows (|a| >= 2^30) QADD
  *    saturates it and the result still saturates int8 the same way: |h| >= 2^29 - 1, and a
  *    right shift of at most 21 leaves |r| >= 255.
  *  - RoundingDivideByPOT(h, e) (remainder > threshold rounds up, threshold one higher for
- *    negative h) equals floor((h + 2^(e-1) - [h < 0]) / 2^e) for e >= 1, h for e = 0. */
-static inline int8_t rq_apply(int32_t acc, const struct rq *q)
+ *    negative h) equals floor((h + 2^(e-1) - [h < 0]) / 2^e) for e >= 1, h for e = 0.
+ * F (a compile-time constant, 1 when shift <= -1: left = 0, e >= 1) takes 5 instructions:
+ * SMMLAR adds the nudge 2^(e-1) to h exactly, and [a < 0] replaces [h < 0]: they differ only
+ * when h = 0 (m > 0, a < 0, h >= 0 forces h = 0), where (2^(e-1) - 1) >> e = 2^(e-1) >> e = 0.
+ * F = 0 is the general form (8 instructions). */
+static ALWAYS_INLINE int8_t rq_apply(int32_t acc, const struct rq *q, const int F)
 {
+    if (F) {
+        const int32_t hn = smmlar(__qadd(acc, acc), q->mult, q->nudge);
+        return (int8_t)__ssat((hn + (acc >> 31)) >> q->right, 8);
+    }
     const int32_t a = (int32_t)((uint32_t)acc << q->left);
     const int32_t h = smmulr(__qadd(a, a), q->mult);
     const int32_t r = (h + q->nudge + ((h >> 31) & q->negmask)) >> q->right;
     return (int8_t)__ssat(r, 8);
+}
+
+static int rq_fast(const struct kparams *k) { return k->qshift <= -1; }
+
+/* the F = 1 form for an accumulator already doubled without overflow (2 * acc): no QADD */
+static ALWAYS_INLINE int8_t rq_doubled(int32_t acc2, const struct rq *q)
+{
+    const int32_t hn = smmlar(acc2, q->mult, q->nudge);
+    return (int8_t)__ssat((hn + (acc2 >> 31)) >> q->right, 8);
 }
 
 /* ------------------------------------------------------------------ matrix product */
@@ -171,7 +186,7 @@ static inline int32_t mm1x1(const int8_t *a0, const int16_t *b0, int K4, int32_t
     return s;
 }
 
-static void gemm_run(const struct gemm *gp, const struct kparams *k)
+static ALWAYS_INLINE void gemm_body(const struct gemm *gp, const struct kparams *k, const int F)
 {
     struct rq q;
     rq_init(&q, k);
@@ -188,15 +203,15 @@ static void gemm_run(const struct gemm *gp, const struct kparams *k)
             s[0] = s[1] = g->bias ? g->bias[r] : 0;
             s[2] = s[3] = g->bias ? g->bias[r + 1] : 0;
             mm2x2(g->R + r * g->rs, g->R + (r + 1) * g->rs, g->c0, g->c1, K4, s);
-            o[r * g->ors] = rq_apply(s[0], &q);
-            o[r * g->ors + g->ocs] = rq_apply(s[1], &q);
-            o[(r + 1) * g->ors] = rq_apply(s[2], &q);
-            o[(r + 1) * g->ors + g->ocs] = rq_apply(s[3], &q);
+            o[r * g->ors] = rq_apply(s[0], &q, F);
+            o[r * g->ors + g->ocs] = rq_apply(s[1], &q, F);
+            o[(r + 1) * g->ors] = rq_apply(s[2], &q, F);
+            o[(r + 1) * g->ors + g->ocs] = rq_apply(s[3], &q, F);
         }
         if (r < g->NR) {
             const int32_t b = g->bias ? g->bias[r] : 0;
-            o[r * g->ors] = rq_apply(mm1x1(g->R + r * g->rs, g->c0, K4, b), &q);
-            o[r * g->ors + g->ocs] = rq_apply(mm1x1(g->R + r * g->rs, g->c1, K4, b), &q);
+            o[r * g->ors] = rq_apply(mm1x1(g->R + r * g->rs, g->c0, K4, b), &q, F);
+            o[r * g->ors + g->ocs] = rq_apply(mm1x1(g->R + r * g->rs, g->c1, K4, b), &q, F);
         }
     }
     if (j < g->NC) {
@@ -207,12 +222,19 @@ static void gemm_run(const struct gemm *gp, const struct kparams *k)
             int32_t s[4];
             for (int i = 0; i < 4; i++) s[i] = g->bias ? g->bias[r + i] : 0;
             mm4x1(g->R + r * g->rs, g->rs, g->c0, K4, s);
-            for (int i = 0; i < 4; i++) o[(r + i) * g->ors] = rq_apply(s[i], &q);
+            for (int i = 0; i < 4; i++) o[(r + i) * g->ors] = rq_apply(s[i], &q, F);
         }
         for (; r < g->NR; r++)
             o[r * g->ors] = rq_apply(mm1x1(g->R + r * g->rs, g->c0, K4,
-                                           g->bias ? g->bias[r] : 0), &q);
+                                           g->bias ? g->bias[r] : 0), &q, F);
     }
+}
+
+static NOINLINE void gemm_fast(const struct gemm *g, const struct kparams *k) { gemm_body(g, k, 1); }
+static NOINLINE void gemm_general(const struct gemm *g, const struct kparams *k) { gemm_body(g, k, 0); }
+static void gemm_run(const struct gemm *g, const struct kparams *k)
+{
+    if (rq_fast(k)) gemm_fast(g, k); else gemm_general(g, k);
 }
 
 static inline void copy8(int8_t *d, const int8_t *s, int n)
@@ -367,8 +389,9 @@ static void gemm_scratch_init(struct gemm *g, uint8_t *scratch, uint32_t rows_by
  * bwd_data is the same loop with dy for x and the taps that reach (iy, ix) */
 struct tap { int32_t xo, wo; };
 
-static void dw_pixel(const struct tap *t, int nt, const int8_t *x, const int8_t *w,
-                     const int32_t *b, int8_t *y, int C, const struct rq *q)
+static ALWAYS_INLINE void dw_pixel(const struct tap *t, int nt, const int8_t *x, const int8_t *w,
+                                    const int32_t *b, int8_t *y, int C, const struct rq *q,
+                                    const int F)
 {
     const struct rq lq = *q;
     int c = 0;
@@ -384,13 +407,13 @@ static void dw_pixel(const struct tap *t, int nt, const int8_t *x, const int8_t 
             a1 = __smlabb(xb, wb, a1);
             a3 = __smlatt(xb, wb, a3);
         }
-        y[c] = rq_apply(a0, &lq); y[c + 1] = rq_apply(a1, &lq);
-        y[c + 2] = rq_apply(a2, &lq); y[c + 3] = rq_apply(a3, &lq);
+        y[c] = rq_apply(a0, &lq, F); y[c + 1] = rq_apply(a1, &lq, F);
+        y[c + 2] = rq_apply(a2, &lq, F); y[c + 3] = rq_apply(a3, &lq, F);
     }
     for (; c < C; c++) {
         int32_t a = b ? b[c] : 0;
         for (int i = 0; i < nt; i++) a += (int32_t)x[t[i].xo + c] * (int32_t)w[t[i].wo + c];
-        y[c] = rq_apply(a, &lq);
+        y[c] = rq_apply(a, &lq, F);
     }
 }
 
@@ -401,9 +424,10 @@ static void dw_pixel(const struct tap *t, int nt, const int8_t *x, const int8_t 
  * 6 words: the two x offsets, then (w_t, w_t+1) for each of the 4 channels (one pointer walks
  * it: few live registers). An odd tap count pads the last pair with a zero weight. */
 #define DW_ENTRY 6
-static NOINLINE void dw_pixel_packed(const int32_t *tab, int npairs, const int8_t *x,
-                                     const int32_t *b, int8_t *y, int C, const int8_t *w,
-                                     const int32_t *xo, int KHW, const struct rq *q)
+static ALWAYS_INLINE void dw_pixel_packed(const int32_t *tab, int npairs, const int8_t *x,
+                                           const int32_t *b, int8_t *y, int C, const int8_t *w,
+                                           const int32_t *xo, int KHW, const struct rq *q,
+                                           const int F)
 {
     const struct rq lq = *q;
     int c = 0;
@@ -444,18 +468,18 @@ static NOINLINE void dw_pixel_packed(const int32_t *tab, int npairs, const int8_
               [w] "=&r"(w)
             : [pe] "r"(pe), [xc] "r"(xc)
             : "cc", "memory");
-        y[c] = rq_apply(a0, &lq); y[c + 1] = rq_apply(a1, &lq);
-        y[c + 2] = rq_apply(a2, &lq); y[c + 3] = rq_apply(a3, &lq);
+        y[c] = rq_apply(a0, &lq, F); y[c + 1] = rq_apply(a1, &lq, F);
+        y[c + 2] = rq_apply(a2, &lq, F); y[c + 3] = rq_apply(a3, &lq, F);
     }
     for (; c < C; c++) {
         int32_t a = b ? b[c] : 0;
         for (int t = 0; t < KHW; t++) a += (int32_t)x[xo[t] + c] * (int32_t)w[t * C + c];
-        y[c] = rq_apply(a, &lq);
+        y[c] = rq_apply(a, &lq, F);
     }
 }
 
-static void dw_fwd(const struct kparams *k, const int8_t *x, const int8_t *w, const int32_t *b,
-                   int8_t *y, uint8_t *scratch)
+static ALWAYS_INLINE void dw_fwd_body(const struct kparams *k, const int8_t *x, const int8_t *w,
+                                       const int32_t *b, int8_t *y, uint8_t *scratch, const int F)
 {
     DIMS
     struct rq q;
@@ -488,7 +512,7 @@ static void dw_fwd(const struct kparams *k, const int8_t *x, const int8_t *w, co
                 int8_t *yp = y + ((n * OH + oy) * OW + ox) * C;
                 if (yin && ix0 >= 0 && ix0 + KW <= W) {
                     dw_pixel_packed(tab, npairs, x + ((n * H + iy0) * W + ix0) * C, b, yp, C,
-                                    w, xo, KHW, &q);
+                                    w, xo, KHW, &q, F);
                     continue;
                 }
                 int nt = 0;
@@ -503,12 +527,13 @@ static void dw_fwd(const struct kparams *k, const int8_t *x, const int8_t *w, co
                         nt++;
                     }
                 }
-                dw_pixel(t, nt, x, w, b, yp, C, &q);
+                dw_pixel(t, nt, x, w, b, yp, C, &q, F);
             }
         }
 }
 
-static void dw_bwd_data(const struct kparams *k, const int8_t *dy, const int8_t *w, int8_t *dx)
+static ALWAYS_INLINE void dw_bwd_data_body(const struct kparams *k, const int8_t *dy,
+                                            const int8_t *w, int8_t *dx, const int F)
 {
     DIMS
     struct rq q;
@@ -529,12 +554,13 @@ static void dw_bwd_data(const struct kparams *k, const int8_t *dy, const int8_t 
                         nt++;
                     }
                 }
-                dw_pixel(t, nt, dy, w, 0, dx + ((n * H + iy) * W + ix) * C, C, &q);
+                dw_pixel(t, nt, dy, w, 0, dx + ((n * H + iy) * W + ix) * C, C, &q, F);
             }
 }
 
-static void dw_bwd_weight(const struct kparams *k, const int8_t *x, const int8_t *dy,
-                          int8_t *dw, int32_t *db)
+static ALWAYS_INLINE void dw_bwd_weight_body(const struct kparams *k, const int8_t *x,
+                                              const int8_t *dy, int8_t *dw, int32_t *db,
+                                              const int F)
 {
     DIMS
     struct rq q;
@@ -565,8 +591,8 @@ static void dw_bwd_weight(const struct kparams *k, const int8_t *x, const int8_t
                             a3 = __smlatt(xb, gb, a3);
                         }
                     }
-                d[c] = rq_apply(a0, &q); d[c + 1] = rq_apply(a1, &q);
-                d[c + 2] = rq_apply(a2, &q); d[c + 3] = rq_apply(a3, &q);
+                d[c] = rq_apply(a0, &q, F); d[c + 1] = rq_apply(a1, &q, F);
+                d[c + 2] = rq_apply(a2, &q, F); d[c + 3] = rq_apply(a3, &q, F);
             }
             for (; c < C; c++) {
                 int32_t a = 0;
@@ -575,7 +601,7 @@ static void dw_bwd_weight(const struct kparams *k, const int8_t *x, const int8_t
                         for (int ox = ox0; ox < ox1; ox++)
                             a += (int32_t)x[((n * H + oy * SH - PH + ky) * W + ox * SW - PW + kx) * C + c]
                                  * (int32_t)dy[((n * OH + oy) * OW + ox) * C + c];
-                d[c] = rq_apply(a, &q);
+                d[c] = rq_apply(a, &q, F);
             }
         }
     if (db) {
@@ -583,6 +609,27 @@ static void dw_bwd_weight(const struct kparams *k, const int8_t *x, const int8_t
         for (int i = 0; i < N * OH * OW; i++)
             for (int c = 0; c < C; c++) db[c] += dy[i * C + c];
     }
+}
+
+static NOINLINE void dw_fwd(const struct kparams *k, const int8_t *x, const int8_t *w,
+                            const int32_t *b, int8_t *y, uint8_t *scratch)
+{
+    if (rq_fast(k)) dw_fwd_body(k, x, w, b, y, scratch, 1);
+    else dw_fwd_body(k, x, w, b, y, scratch, 0);
+}
+
+static NOINLINE void dw_bwd_data(const struct kparams *k, const int8_t *dy, const int8_t *w,
+                                 int8_t *dx)
+{
+    if (rq_fast(k)) dw_bwd_data_body(k, dy, w, dx, 1);
+    else dw_bwd_data_body(k, dy, w, dx, 0);
+}
+
+static NOINLINE void dw_bwd_weight(const struct kparams *k, const int8_t *x, const int8_t *dy,
+                                   int8_t *dw, int32_t *db)
+{
+    if (rq_fast(k)) dw_bwd_weight_body(k, x, dy, dw, db, 1);
+    else dw_bwd_weight_body(k, x, dy, dw, db, 0);
 }
 
 /* ------------------------------------------------------------------ entry points */
@@ -661,28 +708,47 @@ void linear_bwd_data_s8_simd(const struct kparams *k, const int8_t *dy, const in
     gemm_run(&g, k);
 }
 
+/* dw[o][i] = requant(dy[o] * x[i]), 4 outputs per x word */
+static ALWAYS_INLINE void outer_s8(const struct kparams *k, const int8_t *x, const int8_t *dy,
+                              int8_t *dw, int32_t *db, const int F)
+{
+    const int IN = k->p[1], OUT = k->p[2];
+    struct rq q;
+    rq_init(&q, k);
+    for (int o = 0; o < OUT; o++) {
+        const int32_t d = dy[o];
+        int8_t *r = dw + o * IN;
+        int i = 0;
+        if (F) {   /* |2 d x| <= 2^15: the doubling goes into the multiplier */
+            const int32_t d2 = 2 * d;
+            for (; i + 4 <= IN; i += 4) {
+                const int32_t xv = ld32(x + i);
+                const int32_t xa = __sxtb16(xv), xb = sxtb16_ror8(xv);
+                r[i] = rq_doubled(__smlabb(xa, d2, 0), &q);
+                r[i + 1] = rq_doubled(__smlabb(xb, d2, 0), &q);
+                r[i + 2] = rq_doubled(__smlatb(xa, d2, 0), &q);
+                r[i + 3] = rq_doubled(__smlatb(xb, d2, 0), &q);
+            }
+        }
+        for (; i + 4 <= IN; i += 4) {
+            const int32_t xv = ld32(x + i);
+            const int32_t xa = __sxtb16(xv), xb = sxtb16_ror8(xv);
+            r[i] = rq_apply(__smlabb(xa, d, 0), &q, F);
+            r[i + 1] = rq_apply(__smlabb(xb, d, 0), &q, F);
+            r[i + 2] = rq_apply(__smlatb(xa, d, 0), &q, F);
+            r[i + 3] = rq_apply(__smlatb(xb, d, 0), &q, F);
+        }
+        for (; i < IN; i++) r[i] = rq_apply((int32_t)x[i] * d, &q, F);
+        if (db) db[o] = d;
+    }
+}
+
 void linear_bwd_weight_s8_simd(const struct kparams *k, const int8_t *x, const int8_t *dy,
                                int8_t *dw, int32_t *db, uint8_t *scratch)
 {
     const int N = k->p[0], IN = k->p[1], OUT = k->p[2];
-    if (N == 1) {   /* batch 1: an outer product, one MAC per output; 4 outputs per x word */
-        struct rq q;
-        rq_init(&q, k);
-        for (int o = 0; o < OUT; o++) {
-            const int32_t d = dy[o];
-            int8_t *r = dw + o * IN;
-            int i = 0;
-            for (; i + 4 <= IN; i += 4) {
-                const int32_t xv = ld32(x + i);
-                const int32_t xa = __sxtb16(xv), xb = sxtb16_ror8(xv);
-                r[i] = rq_apply(__smlabb(xa, d, 0), &q);
-                r[i + 1] = rq_apply(__smlabb(xb, d, 0), &q);
-                r[i + 2] = rq_apply(__smlatb(xa, d, 0), &q);
-                r[i + 3] = rq_apply(__smlatb(xb, d, 0), &q);
-            }
-            for (; i < IN; i++) r[i] = rq_apply((int32_t)x[i] * d, &q);
-            if (db) db[o] = d;
-        }
+    if (N == 1) {   /* batch 1: an outer product, one MAC per output */
+        if (rq_fast(k)) outer_s8(k, x, dy, dw, db, 1); else outer_s8(k, x, dy, dw, db, 0);
         return;
     }
     int8_t *dyt = (int8_t *)scratch;         /* dyt[o][n] = dy[n][o] */

@@ -34,6 +34,7 @@ NOINLINE void FN(conv_fwd)(const struct kparams *k, const T *x, const T *w, cons
                             if (ix < 0 || ix >= W) continue;
                             const T *xp = x + XI(n, g * cpg, iy, ix, C, H, W);
                             const T *wp = w + WI(oc, 0, ky, kx);
+                            if (cpg == 1) { acc += (ACC)*xp * (ACC)*wp; continue; }
                             for (int ic = 0; ic < cpg; ic++)
                                 acc += (ACC)xp[ic * xcs] * (ACC)wp[ic * wcs];
                         }
@@ -66,6 +67,7 @@ NOINLINE void FN(conv_bwd_data)(const struct kparams *k, const T *dy, const T *w
                             if (ox >= OW) continue;
                             const T *dp = dy + XI(n, g * opg, oy, ox, OC, OH, OW);
                             const T *wp = w + WI(g * opg, icg, ky, kx);
+                            if (opg == 1) { acc += (ACC)*dp * (ACC)*wp; continue; }
                             for (int j = 0; j < opg; j++) acc += (ACC)dp[j * dys] * (ACC)wp[j * wos];
                         }
                     }
