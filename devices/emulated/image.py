@@ -126,6 +126,11 @@ def load_image(board: str = "qemu-a72", cache_dir: str | os.PathLike | None = No
     return img
 
 
+def is_current(img: Image, torch_version: str = DEFAULT_TORCH) -> bool:
+    """Built by this recipe with this torch: ``build_image`` returns it as it is."""
+    return img.manifest.get("recipe") == RECIPE and img.manifest.get("torch") == torch_version
+
+
 def require_image(board: str = "qemu-a72", cache_dir: str | os.PathLike | None = None) -> Image:
     img = load_image(board, cache_dir)
     if img is None:
@@ -497,8 +502,7 @@ def build_image(board: str = "qemu-a72", cache_dir: str | os.PathLike | None = N
         raise CostdbError(f"no image recipe for board {board!r}; the emulated SSH board is qemu-a72")
     final = board_dir(board, cache_dir)
     have = load_image(board, cache_dir)
-    if have is not None and not force and have.manifest.get("recipe") == RECIPE \
-            and have.manifest.get("torch") == torch_version:
+    if have is not None and not force and is_current(have, torch_version):
         return have
     _need_tools()
     emit = progress or (lambda i, n, what: None)
@@ -523,6 +527,7 @@ def build_image(board: str = "qemu-a72", cache_dir: str | os.PathLike | None = N
                 if mirror:
                     argv.append(mirror)
                 _run(argv, log, "mmdebstrap (Debian 12 arm64 bootstrap)")
+                (work / "initrd-hook").unlink(missing_ok=True)   # installed in the image now
                 times["bootstrap_s"] = time.monotonic() - t0
                 emit(1, len(STEPS), STEPS[1])
                 user = configure_tree(root, work, log)
