@@ -116,6 +116,27 @@ def test_cli_sigill_exit_2_and_one_error_line(sshd, tmp_path):  # noqa: F811
     assert len(errors) == 1 and "SIGILL" in errors[0], r.output
 
 
+def test_emulated_agent_labels_runtimes_and_records_the_emulator(sshd):  # noqa: F811
+    """The agent on an emulated board is the normal SSH agent (here on a loopback sshd); the
+    host side labels its runtimes emulated, whatever the agent says, and adds the emulator."""
+    from devices.emulated.agent import EmulatedSshAgent
+    from devices.ssh import resolve_target
+    from profiler.zoo import model_graph
+    entry = sshd.inventory_entry("qemu-a72")
+    target = resolve_target("qemu-a72", dict(entry.connection), {})
+    agent = EmulatedSshAgent(target, emulator={"name": "qemu-system-aarch64", "version": "7.2"})
+    try:
+        facts = agent.hello()["facts"]
+        spec = model_graph("mlp", 2, None).distinct_specs()[0]
+        res = agent.measure(spec, {"samples": 3, "min_sample_time": 0.001, "warmups": 1})
+        again = agent.hello()["facts"]          # end-of-session facts keep the label too
+    finally:
+        agent.close()
+    assert facts["emulated"] is True and facts["emulator"]["name"] == "qemu-system-aarch64"
+    assert again["emulated"] is True and again["emulator"]["version"] == "7.2"
+    assert res["status"] == "ok" and res["runtime_provenance"] == "emulated"
+
+
 def test_board_without_image_names_the_build_command(tmp_path, monkeypatch):
     monkeypatch.setenv("COSTDB_CACHE_DIR", str(tmp_path / "cache"))
     r = CliRunner().invoke(cli, ["profile", "--device", "qemu-a72", "--model", "mlp", "-q",
@@ -195,8 +216,8 @@ def in_board_cache(board_cache, monkeypatch):
 def _rows(db: Path) -> tuple[list[tuple], dict]:
     con = sqlite3.connect(db)
     try:
-        rows = con.execute("SELECT device, status, runtime_provenance, runtime_s, energy_provenance "
-                           "FROM current_measurements").fetchall()
+        rows = con.execute("SELECT device, status, runtime_provenance, runtime_s, energy_provenance, "
+                           "error, signature FROM current_measurements").fetchall()
         env = json.loads(con.execute("SELECT environment_json FROM sessions ORDER BY id DESC LIMIT 1")
                          .fetchone()[0])
     finally:
@@ -218,8 +239,9 @@ def test_profile_starts_the_board_profiles_through_ssh_and_stops_it(a72_image, i
     rows, env = _rows(db)
     n = len(model_graph("mlp", 2, None).distinct_specs())
     assert len(rows) == n
-    assert all(d == "qemu-a72" and st == "ok" and prov == "emulated" and rt > 0
-               and ep == "modeled" for d, st, prov, rt, ep in rows)
+    bad = [r for r in rows if not (r[0] == "qemu-a72" and r[1] == "ok" and r[2] == "emulated"
+                                   and r[3] > 0 and r[4] == "modeled")]
+    assert not bad, bad
     facts = env["facts"]
     assert env["transport"] == "ssh"
     assert facts["emulated"] is True

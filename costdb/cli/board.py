@@ -47,10 +47,11 @@ def build(board: str, cache_dir: str | None, torch_version: str | None, mirror: 
     """Build the board's disk image once and cache it (needs root; 15-30 min)."""
     from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
 
-    from devices.emulated.image import DEFAULT_TORCH, STEPS, build_image, load_image
+    from devices.emulated.image import DEFAULT_TORCH, STEPS, build_image, is_current, load_image
     version = torch_version or DEFAULT_TORCH
     have = load_image(board, cache_dir)
     err = console(err=True)
+    quiet = quiet or (have is not None and not force and is_current(have, version))
     with Progress(TextColumn(f"[bold]{board}"), BarColumn(), MofNCompleteColumn(),
                   TextColumn("{task.description}"), TimeElapsedColumn(), console=err,
                   disable=quiet) as bar:

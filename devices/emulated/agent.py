@@ -20,6 +20,12 @@ class EmulatedSshAgent(SshAgent):
         self.emulator = dict(emulator)
         super().__init__(*args, **kwargs)
 
+    def measure(self, spec: dict[str, Any], settings: dict[str, Any]) -> dict[str, Any]:
+        # the agent on the guest cannot know it is emulated (and must not be told to guess)
+        result = super().measure(spec, settings)
+        result["runtime_provenance"] = self.runtime_provenance
+        return result
+
     def hello(self) -> dict[str, Any]:
         reply = super().hello()
         facts = dict(reply.get("facts") or {})

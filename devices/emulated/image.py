@@ -60,8 +60,8 @@ STEPS = ("bootstrap Debian 12 arm64 (mmdebstrap, maintainer scripts under qemu-u
          "configure ssh keys, network and user",
          "torch aarch64 wheel (pip --platform)",
          "import torch under QEMU_CPU=cortex-a72",
-         "ext4 disk image (mke2fs -d)",
-         "kernel and initrd")
+         "kernel and initrd",
+         "ext4 disk image (mke2fs -d)")
 BINFMT = Path("/proc/sys/fs/binfmt_misc")
 #: initramfs-tools' default (MODULES=most) copies hundreds of modules, one shell call each, under
 #: qemu-user: minutes. The board needs only these to mount its root; written before any package
@@ -124,6 +124,11 @@ def load_image(board: str = "qemu-a72", cache_dir: str | os.PathLike | None = No
     if not all(p.exists() for p in (img.disk, img.kernel, img.initrd, img.user_key, img.host_key_pub)):
         return None
     return img
+
+
+def is_current(img: Image, torch_version: str = DEFAULT_TORCH) -> bool:
+    """Built by this recipe with this torch: ``build_image`` returns it as it is."""
+    return img.manifest.get("recipe") == RECIPE and img.manifest.get("torch") == torch_version
 
 
 def require_image(board: str = "qemu-a72", cache_dir: str | os.PathLike | None = None) -> Image:
@@ -497,8 +502,7 @@ def build_image(board: str = "qemu-a72", cache_dir: str | os.PathLike | None = N
         raise CostdbError(f"no image recipe for board {board!r}; the emulated SSH board is qemu-a72")
     final = board_dir(board, cache_dir)
     have = load_image(board, cache_dir)
-    if have is not None and not force and have.manifest.get("recipe") == RECIPE \
-            and have.manifest.get("torch") == torch_version:
+    if have is not None and not force and is_current(have, torch_version):
         return have
     _need_tools()
     emit = progress or (lambda i, n, what: None)
@@ -523,6 +527,7 @@ def build_image(board: str = "qemu-a72", cache_dir: str | os.PathLike | None = N
                 if mirror:
                     argv.append(mirror)
                 _run(argv, log, "mmdebstrap (Debian 12 arm64 bootstrap)")
+                (work / "initrd-hook").unlink(missing_ok=True)   # installed in the image now
                 times["bootstrap_s"] = time.monotonic() - t0
                 emit(1, len(STEPS), STEPS[1])
                 user = configure_tree(root, work, log)
@@ -539,6 +544,7 @@ def build_image(board: str = "qemu-a72", cache_dir: str | os.PathLike | None = N
                 kernel, initrd, release = _kernel_files(root)
                 shutil.copy(kernel, work / "vmlinuz")
                 shutil.copy(initrd, work / "initrd.img")
+                emit(5, len(STEPS), STEPS[5])
                 used = allocated_bytes(root)
                 size = ((int(used * 1.2) + (2 << 30)) // (256 << 20) + 1) * (256 << 20)
                 t = time.monotonic()
@@ -546,7 +552,6 @@ def build_image(board: str = "qemu-a72", cache_dir: str | os.PathLike | None = N
                       str(root), str(work / "disk.img"), str(size // 1024) + "k"], log,
                      "mke2fs -d (ext4 image from the tree)")
                 times["mke2fs_s"] = time.monotonic() - t
-                emit(5, len(STEPS), STEPS[5])
                 safe_rmtree(root)
             fp = subprocess.run(["ssh-keygen", "-lf", str(work / "ssh_host_ed25519_key.pub")],
                                 capture_output=True, text=True).stdout.split()

@@ -22,7 +22,6 @@ import signal
 import socket
 import subprocess
 import time
-from pathlib import Path
 from typing import Any, Iterator
 
 from costdb.errors import CostdbError
@@ -158,7 +157,7 @@ class A72Board:
                 "-append", "root=/dev/vda rw console=ttyAMA0 quiet systemd.show_status=0",
                 "-drive", f"file={self.image.disk},format=raw,if=virtio,cache=writeback",
                 "-netdev", f"user,id=net0,hostfwd=tcp:127.0.0.1:{self.port}-:22",
-                "-device", "virtio-net-pci,netdev=net0", "-device", "virtio-rng-pci",
+                "-device", "virtio-net-pci,netdev=net0,romfile=", "-device", "virtio-rng-pci",
                 "-display", "none", "-monitor", "none", "-nodefaults", "-no-reboot",
                 "-serial", f"file:{self.console}",
                 "-qmp", f"unix:{self.qmp},server=on,wait=off"]
