@@ -118,7 +118,11 @@ def best_heuristic(inst: Instance, mode: str, budget: int | None, deadline: floa
             sched = to_compat(sched)
         try:
             sim = simulate(inst, sched, budget, deadline)
-        except ScheduleError as e:      # a heuristic bug must not hide: re-raise
+        except ScheduleError as e:
+            if compat:
+                # moving a page-out to the next stage's start can put it after a page-in of the
+                # same value in that stage: that candidate has no compat form; the others do
+                continue
             raise SolverBug(f"heuristic {name} produced an invalid schedule: {e}") from None
         if sim.ok and (best is None or sim.energy_j < best[2].energy_j):
             best = (name, sched, sim)
