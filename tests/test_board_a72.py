@@ -200,6 +200,11 @@ def a72_image(board_cache):
     if missing:
         pytest.skip(f"the qemu-a72 image cannot be built here: {', '.join(missing)} missing "
                     "(apt-get install mmdebstrap qemu-user-static qemu-system-arm)")
+    from devices.emulated.image import ensure_binfmt
+    try:
+        ensure_binfmt()       # a host that cannot run arm64 binaries cannot build the image
+    except CostdbError as e:
+        pytest.skip(f"the qemu-a72 image cannot be built here: {e}")
     mp = pytest.MonkeyPatch()
     mp.setenv("COSTDB_CACHE_DIR", str(board_cache))
     try:
