@@ -39,7 +39,7 @@ iteration is 2-10 us, several times what a model-free calibration on tiny calls 
 cache and allocator effects of the profiler's bookkeeping grow with the model), so the model-free
 correction left the in-context estimate 9-38 % too high. The default correction is therefore
 measured **in situ** (``correction="in_situ"``): plain iterations of the user's own module,
-timed per phase with ``perf_counter`` and no profiler, are interleaved with the profiled ones;
+timed per phase with ``perf_counter`` and no profiler, run back to back before the profiled ones;
 per phase (fwd / bwd / update) the profiled nodes' excess over the plain phase time, divided by
 the phase's recorded events, is the cost per event, and each node's figure is reduced by its
 events x that cost. The per-phase sums of node figures then equal the plain phase medians of the
@@ -670,7 +670,7 @@ def in_situ_costs(graph: TrainingGraph, raw: dict[int, list[float]], events: dic
     """Profiler cost per recorded event in each measured phase, measured in this very run.
 
     ``raw`` node seconds per profiled iteration, ``events`` mean events per iteration per node,
-    ``plain`` phase seconds of the interleaved unprofiled iterations. Per phase: (sum of the
+    ``plain`` phase seconds of the unprofiled iterations run beside them. Per phase: (sum of the
     nodes' median raw seconds - median plain phase seconds) / events in the phase.
     """
     group = {ph: g for g, phs in PHASE_GROUPS.items() for ph in phs}
@@ -693,7 +693,7 @@ def profile_in_context(tr: Trainer, iterations: int = 40, warmups: int = 3,
 
     ``isolated`` (signature -> isolated seconds) sets the fused-backward split. ``correction``
     removes the profiler's own cost: ``in_situ`` (default) from unprofiled iterations
-    interleaved with the profiled ones, ``calibrated`` from ``overhead`` (default a fresh
+    run back to back before the profiled ones, ``calibrated`` from ``overhead`` (default a fresh
     ``calibrate_overhead()``); see the module docstring. A sample is the mean of ``block``
     iterations (default: up to 5, keeping at least 5 samples). As for isolated ops, when the median CV across signatures exceeds
     ``cv_threshold`` as many iterations again are profiled (``remeasured`` in the settings);
@@ -724,9 +724,14 @@ def profile_in_context(tr: Trainer, iterations: int = 40, warmups: int = 3,
     detail: dict[str, float] = defaultdict(float)
     kinds: dict[str, float] = defaultdict(float)
 
+    def plain_block(n: int) -> None:
+        # back to back, as the user's training runs: interleaved with profiled iterations the
+        # plain ones ran 7-15 % slower (the profiler's bookkeeping evicts their caches)
+        for _ in range(n):
+            for g, t in _plain_iteration(tr).items():
+                plain[g].append(t)
+
     def one() -> None:
-        for g, t in _plain_iteration(tr).items():
-            plain[g].append(t)
         with _quiet_stderr():
             with profile(activities=[ProfilerActivity.CPU], record_shapes=True) as prof:
                 _iteration_ranges(tr, gm)
@@ -777,6 +782,7 @@ def profile_in_context(tr: Trainer, iterations: int = 40, warmups: int = 3,
         return res, costs
 
     total = iterations
+    plain_block(iterations)
     for i in range(iterations):
         one()
         if progress:
@@ -785,6 +791,7 @@ def profile_in_context(tr: Trainer, iterations: int = 40, warmups: int = 3,
     res, costs = result()
     if iterations > 1 and _median_cv(res) > cv_threshold:
         remeasured, total = True, 2 * iterations
+        plain_block(iterations)
         for i in range(iterations, total):
             one()
             if progress:
