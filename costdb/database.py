@@ -25,6 +25,7 @@ from typing import TYPE_CHECKING, Any, Iterable, Sequence
 
 from costdb import schema
 from costdb.errors import CostdbError, did_you_mean
+from costdb.process import pid_alive
 from costdb.graph import Node, TrainingGraph
 from costdb.settings import IDENTITY, SettingsRecord, describe, differing
 from costdb.records import (DONE_STATUSES, KINDS, DeviceRecord, IterationRecord, Measurement,
@@ -316,7 +317,7 @@ class Database:
         me = os.getpid()
         return [sid for sid, pid, shost in self.conn.execute(
             "SELECT id, pid, host FROM sessions WHERE status = 'running'").fetchall()
-            if shost == host and pid is not None and pid != me and not _pid_alive(pid)]
+            if shost == host and pid is not None and pid != me and not pid_alive(pid)]
 
     @classmethod
     def snapshot(cls, path: str | os.PathLike) -> "Database":
@@ -1264,14 +1265,6 @@ class Database:
             raise CostdbError(f"cannot read {self.path}: {e}; check the file") from None
 
 
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def open(path: str | os.PathLike, create: bool = False, readonly: bool = False) -> Database:  # noqa: A001

@@ -25,6 +25,7 @@ import time
 from typing import Any, Iterator
 
 from costdb.errors import CostdbError
+from costdb.process import pid_alive
 from devices.emulated.image import Image, require_image
 
 PR_SET_PDEATHSIG = 1
@@ -85,20 +86,6 @@ def ssh_banner(port: int, timeout: float = 5.0) -> str | None:
     except OSError:
         return None
     return data.decode("ascii", "replace").strip() if data.startswith(b"SSH-") else None
-
-
-def _pid_alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # a zombie of ours is not a running board
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
 
 
 def _cmdline(pid: int) -> str:
@@ -219,7 +206,7 @@ class A72Board:
     def alive(self) -> bool:
         if self.proc is not None:
             return self.proc.poll() is None
-        return self.pid is not None and _pid_alive(self.pid)
+        return self.pid is not None and pid_alive(self.pid)
 
     def console_tail(self, n: int = 3) -> str:
         try:
@@ -305,7 +292,7 @@ def running_board(image: Image) -> dict[str, Any] | None:
     except (OSError, ValueError):
         return None
     pid = state.get("pid")
-    if not isinstance(pid, int) or not _pid_alive(pid) or str(image.disk) not in _cmdline(pid):
+    if not isinstance(pid, int) or not pid_alive(pid) or str(image.disk) not in _cmdline(pid):
         return None
     return state
 
